@@ -1,0 +1,157 @@
+"""Configuration: ``INVOICE_SM_*`` environment variables and matching flags.
+
+One ``Settings`` object is built at start (``load_settings``); a wrong or
+missing setting raises ``ConfigurationError`` naming the variable, so the
+command stops before touching Kafka or WeChat. Secrets are ``SecretStr``:
+their ``repr`` and ``str`` are masked, so they cannot leak through logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import ConfigurationError
+
+ENV_PREFIX = "INVOICE_SM_"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+TokenMode = Literal["stable", "classic", "component", "external"]
+
+
+class Settings(BaseSettings):
+    """Every setting of every command. Field ``x_y`` is ``INVOICE_SM_X_Y`` and ``--x-y``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Kafka connection
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
+    )
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_client_id: str = "invoice-sm"
+
+    # Topics
+    topic_events: str = "invoice.events"
+    topic_outcomes: str = "invoice.outcomes"
+    topic_state: str = "invoice.state"
+    topic_deliveries: str = "invoice.deliveries"
+    topic_dlq: str = "invoice.events.dlq"
+    topic_partitions: int = Field(default=6, ge=1, description="partitions when topics are created")
+    topic_replication_factor: int = Field(default=1, ge=1)
+    create_topics: bool = True
+
+    # Processor
+    processor_group_id: str = "invoice-sm-processor"
+    max_event_bytes: int = Field(default=65536, ge=256, description="larger events go to the DLQ")
+    batch_max_records: int = Field(default=5000, ge=1)
+    batch_timeout_ms: int = Field(default=100, ge=0)
+    state_dir: Path = Path("state")
+    state_cache_size: int = Field(default=200_000, ge=0, description="invoice states kept in memory per process")
+
+    # Deliverer
+    deliverer_group_id: str = "invoice-sm-deliverer"
+    delivery_concurrency: int = Field(default=64, ge=1, description="invoices delivered concurrently")
+    delivery_rate_limit: float = Field(default=500.0, gt=0, description="updatestatus calls per second per appid")
+    delivery_max_backoff_s: float = Field(default=30.0, gt=0)
+    quota_reset_hour: int = Field(default=0, ge=0, le=23, description="hour (Asia/Shanghai) when a 45009 daily quota resets")
+    quota_park_s: float | None = Field(default=None, gt=0, description="park on 45009 for this long instead of until reset")
+
+    # WeChat
+    wechat_base_url: str = "https://api.weixin.qq.com"
+    wechat_appid: str | None = None
+    wechat_secret: SecretStr | None = None
+    wechat_token_mode: TokenMode = "stable"
+    wechat_component_appid: str | None = None
+    wechat_component_secret: SecretStr | None = None
+    wechat_component_verify_ticket: SecretStr | None = None
+    wechat_authorizer_refresh_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description='JSON {"authorizer_appid": "refresh_token"} (component mode)'
+    )
+    wechat_token_url: str | None = None
+    wechat_token_command: str | None = None
+    wechat_timeout_s: float = Field(default=5.0, gt=0)
+    wechat_token_refresh_margin_s: float = Field(default=300.0, ge=0)
+
+    # Operations
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz")
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("wechat_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    # Cross-field checks that only some commands need.
+    def require_wechat(self) -> None:
+        """Stop the start of a command that calls WeChat when its credentials are missing."""
+        mode = self.wechat_token_mode
+        if mode in ("stable", "classic"):
+            _require(self, "wechat_appid", "wechat_secret", why=f"token mode {mode!r}")
+        elif mode == "component":
+            _require(
+                self,
+                "wechat_component_appid",
+                "wechat_component_secret",
+                "wechat_component_verify_ticket",
+                why="token mode 'component'",
+            )
+            if not self.wechat_authorizer_refresh_tokens:
+                raise ConfigurationError(env_name("wechat_authorizer_refresh_tokens"), "required by token mode 'component'")
+        elif not (self.wechat_token_url or self.wechat_token_command):
+            raise ConfigurationError(
+                f"{env_name('wechat_token_url')} or {env_name('wechat_token_command')}",
+                "one is required by token mode 'external'",
+            )
+
+    def require_sasl(self) -> None:
+        if self.kafka_security_protocol.startswith("SASL"):
+            _require(self, "kafka_sasl_mechanism", why=f"security protocol {self.kafka_security_protocol}")
+            if self.kafka_sasl_mechanism != "OAUTHBEARER":
+                _require(self, "kafka_sasl_username", "kafka_sasl_password", why=f"SASL {self.kafka_sasl_mechanism}")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _require(settings: Settings, *fields: str, why: str) -> None:
+    for field in fields:
+        if getattr(settings, field) in (None, ""):
+            raise ConfigurationError(env_name(field), f"required by {why}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment, then non-``None`` overrides (command-line flags) on top."""
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        # Never echo the input: it may be a secret.
+        raise ConfigurationError(env_name(field), first["msg"]) from None
+    settings.require_sasl()
+    return settings

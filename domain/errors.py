@@ -1,0 +1,99 @@
+"""The project's one root error and its tree.
+
+Every adapter translates its library's exceptions into these, so callers
+catch ``InvoiceSmError`` subclasses and never ``aiokafka``/``httpx`` ones.
+Each error says whether retrying the same operation may succeed::
+
+    InvoiceSmError                       retriable
+     ├── ConfigurationError              no   a setting is wrong or missing (names it)
+     ├── InvalidEventError               no   an input record cannot be decided (reason -> DLQ)
+     ├── BrokerError                     yes  Kafka unavailable, timed out, or rebalanced under us
+     │    └── FencedError                no   another instance owns this partition now
+     └── WeChatError                     per class (errcode, errmsg)
+          ├── TokenInvalidError          yes  40001/40014/42001: refresh once, retry once
+          ├── TransientWeChatError       yes  -1, 45011, 72036, HTTP 5xx, connection errors
+          │    └── UnknownResultError    yes  timed out after sending: may have been applied
+          ├── QuotaExhaustedError        yes  45009: park the account until the quota resets
+          ├── ConflictError              no   72023/72024/72039: reconcile, never blind-retry
+          └── PermanentWeChatError       no   config, permission or bad request
+               └── CredentialError       no   the token endpoint refused the credentials
+
+Secrets never go into an error's message: build messages from errcodes,
+appids and invoice keys only.
+"""
+
+from __future__ import annotations
+
+
+class InvoiceSmError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(InvoiceSmError):
+    """A setting is missing or wrong; the message names the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class InvalidEventError(InvoiceSmError):
+    """An input record cannot be decided. ``reason`` is a stable DLQ code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class BrokerError(InvoiceSmError):
+    """Kafka could not do what was asked; the work can be retried."""
+
+    retriable = True
+
+
+class FencedError(BrokerError):
+    """A newer owner of the same partition fenced this producer; stop work on it."""
+
+    retriable = False
+
+
+class WeChatError(InvoiceSmError):
+    """WeChat answered with an errcode other than 0, or could not be reached."""
+
+    def __init__(self, errcode: int, errmsg: str, *, http_status: int | None = None) -> None:
+        self.errcode = errcode
+        self.errmsg = errmsg
+        self.http_status = http_status
+        super().__init__(f"errcode={errcode} errmsg={errmsg}")
+
+
+class TokenInvalidError(WeChatError):
+    retriable = True
+
+
+class TransientWeChatError(WeChatError):
+    retriable = True
+
+
+class UnknownResultError(TransientWeChatError):
+    """The request may have been applied (timeout after sending)."""
+
+
+class QuotaExhaustedError(WeChatError):
+    retriable = True
+
+
+class ConflictError(WeChatError):
+    retriable = False
+
+
+class PermanentWeChatError(WeChatError):
+    retriable = False
+
+
+class CredentialError(PermanentWeChatError):
+    retriable = False

@@ -1,0 +1,109 @@
+"""Frozen value types: lifecycle events, invoice state, decisions.
+
+These are the domain's own types; the wire formats (CloudEvents JSON) live
+in ``adapters.wire`` and are converted at the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain.status import ReimburseStatus
+
+#: How many event ids each invoice remembers for duplicate detection
+#: (ARCHITECTURE.md: "at least the last 32").
+RECENT_EVENT_IDS = 32
+
+
+def invoice_key(card_id: str, code: str) -> str:
+    """The Kafka key of an invoice: ``"{card_id}/{code}"``."""
+    return f"{card_id}/{code}"
+
+
+def idempotency_key(card_id: str, code: str, version: int) -> str:
+    """Stable across replays: the same accepted transition always has the same key."""
+    return f"{card_id}/{code}#{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """Something that happened to an invoice upstream, asking for a status."""
+
+    event_id: str
+    event_type: str
+    card_id: str
+    code: str
+    requested_status: ReimburseStatus
+    appid: str = ""
+    time: str | None = None
+
+    @property
+    def key(self) -> str:
+        return invoice_key(self.card_id, self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceState:
+    """What the service knows of one invoice. ``version`` counts accepted transitions."""
+
+    card_id: str
+    code: str
+    status: ReimburseStatus = ReimburseStatus.INIT
+    version: int = 0
+    appid: str = ""
+    updated_at: str | None = None
+    recent_event_ids: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return invoice_key(self.card_id, self.code)
+
+    @classmethod
+    def initial(cls, card_id: str, code: str) -> InvoiceState:
+        """An invoice never seen before is judged from INIT (DOMAIN.md)."""
+        return cls(card_id=card_id, code=code)
+
+
+class DecisionKind(StrEnum):
+    ACCEPTED = "accepted"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class RejectReason(StrEnum):
+    ILLEGAL_TRANSITION = "illegal_transition"
+    TERMINAL_STATE = "terminal_state"
+    APPID_MISMATCH = "appid_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one event, and the state it leaves the invoice in.
+
+    ``state`` is the invoice after the decision; for a duplicate it is the
+    unchanged state (nothing needs writing). ``version`` is the invoice's
+    transition count after the decision.
+    """
+
+    kind: DecisionKind
+    event: LifecycleEvent
+    from_status: ReimburseStatus
+    requested_status: ReimburseStatus
+    state: InvoiceState
+    reason: RejectReason | None = None
+    trigger: str | None = None
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+    @property
+    def to_status(self) -> ReimburseStatus | None:
+        return self.state.status if self.kind is DecisionKind.ACCEPTED else None
+
+    @property
+    def changes_state(self) -> bool:
+        """Whether a new state record must be written (every kind but duplicate)."""
+        return self.kind is not DecisionKind.DUPLICATE
