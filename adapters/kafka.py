@@ -1,0 +1,333 @@
+"""Kafka through aiokafka: client settings, topics, transactional batches, errors.
+
+aiokafka errors are translated here into ``BrokerError``/``FencedError`` so
+the consumers never catch aiokafka types.
+
+Partitioning: outcome, state and DLQ records are written to the *input
+record's partition* (modulo the target topic's partition count). The input
+is already partitioned by invoice key, so per-invoice order carries over
+without re-hashing every key (aiokafka's murmur2 is pure Python, ~9 µs a
+key); the changelog (``invoice.state``) must have exactly as many
+partitions as ``invoice.events``, which ``ensure_topics`` checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.helpers import create_ssl_context
+
+from adapters.settings import Settings
+from domain.errors import BrokerError, ConfigurationError, FencedError
+
+_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+
+
+def translate(exc: BaseException, what: str) -> BrokerError:
+    """An aiokafka exception as one of ours (the caller raises it ``from exc``)."""
+    if isinstance(exc, _FENCED):
+        return FencedError(f"{what}: fenced by a newer owner ({type(exc).__name__})")
+    return BrokerError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def broker_errors(what: str) -> Any:
+    try:
+        yield
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise translate(exc, what) from exc
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options shared by every client (security, client id)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+        "client_id": settings.kafka_client_id,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def transactional_id(group_id: str, topic: str, partition: int) -> str:
+    """One transactional id per input partition: a new owner fences the old one
+    (aiokafka has no KIP-447, so the consumer generation cannot do it)."""
+    return f"{group_id}-{topic}-{partition}"
+
+
+def new_transactional_producer(settings: Settings, txn_id: str, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "transactional_id": txn_id,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_batch_size": 512 * 1024,
+        "max_request_size": 4 * 1024 * 1024,
+        "request_timeout_ms": 30000,
+        "transaction_timeout_ms": 60000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**client_options(settings), **options)
+
+
+def new_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {"enable_idempotence": True, "acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
+    options.update(overrides)
+    return AIOKafkaProducer(**client_options(settings), **options)
+
+
+def new_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with the defaults a processor wants (LIBRARY-NOTES.md):
+    read_committed, no auto-commit, and an explicit reset to the earliest."""
+    options: dict[str, Any] = {
+        "isolation_level": "read_committed",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **client_options(settings), **options)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compact: bool = False
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    n = settings.topic_partitions
+    return [
+        TopicSpec(settings.topic_events, n),
+        TopicSpec(settings.topic_outcomes, n),
+        TopicSpec(settings.topic_state, n, compact=True),
+        TopicSpec(settings.topic_deliveries, n),
+        TopicSpec(settings.topic_dlq, n),
+    ]
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> dict[str, int]:
+    """Create missing topics (partitions, cleanup policy); return partition counts.
+
+    Fails with ``ConfigurationError`` when the changelog cannot be
+    co-partitioned with the input.
+    """
+    specs = list(specs if specs is not None else topic_specs(settings))
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    with broker_errors("connect to Kafka"):
+        await admin.start()
+    try:
+        with broker_errors("list topics"):
+            existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing and settings.create_topics:
+            new = [
+                NewTopic(
+                    s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=settings.topic_replication_factor,
+                    topic_configs={"cleanup.policy": "compact" if s.compact else "delete"},
+                )
+                for s in missing
+            ]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another instance won the race
+            except KafkaError as exc:
+                raise translate(exc, "create topics") from exc
+        elif missing:
+            names = ", ".join(s.name for s in missing)
+            raise ConfigurationError("INVOICE_SM_CREATE_TOPICS", f"topics missing and creation disabled: {names}")
+        # A topic just created may be described without partitions for a moment.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            with broker_errors("describe topics"):
+                described = await admin.describe_topics([s.name for s in specs])
+            counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions") and not d.get("error_code")}
+            lacking = [s.name for s in specs if s.name not in counts]
+            if not lacking:
+                break
+            if loop.time() > deadline:
+                raise BrokerError(f"topics have no partitions after 30 s: {', '.join(lacking)}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    if settings.topic_state in counts and settings.topic_events in counts:
+        if counts[settings.topic_state] != counts[settings.topic_events]:
+            raise ConfigurationError(
+                "INVOICE_SM_TOPIC_STATE",
+                f"{settings.topic_state} has {counts[settings.topic_state]} partitions but "
+                f"{settings.topic_events} has {counts[settings.topic_events]}; the changelog must match the input",
+            )
+    return counts
+
+
+class TxnBatch:
+    """Records of one transaction, appended into per-partition batch builders.
+
+    ``BatchBuilder.append`` is C code; ``producer.send`` per record would cost
+    a coroutine and a metadata check each.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._builders: dict[tuple[str, int], Any] = {}
+        self._counts: dict[tuple[str, int], int] = {}
+        self._futures: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
+
+    async def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        slot = (topic, partition)
+        builder = self._builders.get(slot)
+        if builder is None:
+            builder = self._builders[slot] = self._producer.create_batch()
+            self._counts[slot] = 0
+        if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            await self._ship(slot)
+            builder = self._builders[slot] = self._producer.create_batch()
+            self._counts[slot] = 0
+            if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                raise BrokerError(f"record of {len(value or b'')} bytes does not fit a batch for {topic}")
+        self._counts[slot] += 1
+
+    async def _ship(self, slot: tuple[str, int]) -> None:
+        builder = self._builders.pop(slot)
+        count = self._counts.pop(slot)
+        if count:
+            builder.close()
+            with broker_errors(f"send to {slot[0]}"):
+                future = await self._producer.send_batch(builder, slot[0], partition=slot[1])
+            self._futures.append((slot, count, future))
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Ship everything and wait; returns the last offset written per (topic, partition)."""
+        for slot in list(self._builders):
+            await self._ship(slot)
+        last: dict[tuple[str, int], int] = {}
+        with broker_errors("deliver batch"):
+            for slot, count, future in self._futures:
+                metadata = await future
+                last[slot] = max(last.get(slot, -1), metadata.offset + count - 1)
+        self._futures.clear()
+        return last
+
+
+@contextlib.asynccontextmanager
+async def started(*clients: Any) -> AsyncIterator[None]:
+    """Start clients, translating connection errors; stop them whatever happens."""
+    started_clients: list[Any] = []
+    try:
+        for client in clients:
+            with broker_errors(f"start {type(client).__name__}"):
+                await client.start()
+            started_clients.append(client)
+        yield
+    finally:
+        for client in reversed(started_clients):
+            with contextlib.suppress(Exception):
+                await client.stop()
+
+
+async def end_offsets(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    with broker_errors("end offsets"):
+        return dict(await consumer.end_offsets(partitions))
+
+
+async def beginning_offsets(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    with broker_errors("beginning offsets"):
+        return dict(await consumer.beginning_offsets(partitions))
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """Partition numbers of ``topic`` (empty if it does not exist)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    with broker_errors("connect to Kafka"):
+        await admin.start()
+    try:
+        with broker_errors("describe topic"):
+            described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for d in described:
+        if d["topic"] == topic and not d.get("error_code"):
+            return sorted(p["partition"] for p in d["partitions"])
+    return []
+
+
+async def read_to_end(
+    settings: Settings,
+    topic: str,
+    *,
+    start: dict[int, int] | None = None,
+    read_committed: bool = True,
+    chunk: int = 10_000,
+    timeout: float = 120.0,
+) -> AsyncIterator[list[Any]]:
+    """Yield batches of every record of ``topic`` up to its end at call time.
+
+    ``start`` maps partitions to first offsets (default: the beginning).
+    The end is the last stable offset for read_committed readers, so open
+    transactions do not make this wait.
+    """
+    partitions = await partitions_of(settings, topic)
+    if not partitions:
+        return
+    consumer = new_consumer(
+        settings, group_id=None, isolation_level="read_committed" if read_committed else "read_uncommitted"
+    )
+    async with started(consumer):
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await end_offsets(consumer, tps)
+        begins = await beginning_offsets(consumer, tps)
+        todo: dict[TopicPartition, int] = {}
+        for tp in tps:
+            first = max((start or {}).get(tp.partition, begins[tp]), begins[tp])
+            if first < ends[tp]:
+                consumer.seek(tp, first)
+                todo[tp] = ends[tp]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while todo:
+            if loop.time() > deadline:
+                raise BrokerError(f"reading {topic}: partitions {sorted(tp.partition for tp in todo)} did not reach their end")
+            with broker_errors(f"read {topic}"):
+                fetched = await consumer.getmany(*todo, timeout_ms=300, max_records=chunk)
+            for records in fetched.values():
+                if records:
+                    deadline = loop.time() + timeout
+                    yield records
+            for tp in list(todo):
+                with broker_errors(f"position in {topic}"):
+                    if await consumer.position(tp) >= todo[tp]:
+                        del todo[tp]

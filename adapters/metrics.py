@@ -1,0 +1,171 @@
+"""Every Prometheus metric of the service, defined once.
+
+A ``Metrics`` owns its own ``CollectorRegistry`` instead of the process-wide
+default one, so each test (and each component under test) can build a fresh
+set without "Duplicated timeseries" errors, and ``/metrics`` shows exactly
+these series. One ``Metrics`` is built at start and handed to the processor,
+the deliverer, the token provider and the ``HealthServer``.
+
+Labels with a closed set of values (outcome, result, errcode class, attempt
+kind, role) are created at zero up front: a series that appears only on its
+first increment makes ``rate()`` and alerts on it miss that first event.
+
+Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
+``_total`` suffix, histograms with ``_bucket``/``_sum``/``_count``)::
+
+    events_total{outcome}                 accepted|unchanged|duplicate|rejected|dlq
+    dlq_total{reason}
+    batches_total, batch_seconds          per processed batch, processing + commit
+    deliveries_total{result}              delivered|already_applied|conflict|failed
+    delivery_attempts_total{kind}         first|retry
+    delivery_queue_depth, deliveries_in_flight
+    wechat_calls_total{errcode_class}     ok|token|transient|quota|conflict|permanent|network
+    wechat_latency_seconds                one updatestatus HTTP call
+    consumer_lag{group,topic,partition}
+    restore_records_total{partition}, restore_seconds{partition}, restore_in_progress
+    token_refreshes_total{appid,mode}
+    parked_appids, parked_appid{appid}    1 while an appid is parked on quota
+    assigned_partitions{role}             processor|deliverer
+    ready                                 1 while every readiness check passes
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "ATTEMPT_KINDS",
+    "BATCH_BUCKETS",
+    "DELIVERY_RESULTS",
+    "ERRCODE_CLASSES",
+    "EVENT_OUTCOMES",
+    "NAMESPACE",
+    "ROLES",
+    "WECHAT_LATENCY_BUCKETS",
+    "Metrics",
+]
+
+NAMESPACE: Final = "invoice_sm"
+
+EVENT_OUTCOMES: Final = ("accepted", "unchanged", "duplicate", "rejected", "dlq")
+DELIVERY_RESULTS: Final = ("delivered", "already_applied", "conflict", "failed")
+ERRCODE_CLASSES: Final = ("ok", "token", "transient", "quota", "conflict", "permanent", "network")
+ATTEMPT_KINDS: Final = ("first", "retry")
+ROLES: Final = ("processor", "deliverer")
+
+# WeChat answers in tens of milliseconds on a good day and the client times
+# out at a few seconds: 5 ms to 10 s, roughly x2-x2.5 per step.
+WECHAT_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# A batch is up to thousands of records plus a transaction commit: from about
+# a millisecond (one record, no broker round trip) to tens of seconds (a
+# broker stall).
+BATCH_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The service's metrics, registered in ``self.registry``.
+
+    Args:
+        registry: where to register; a new ``CollectorRegistry`` if ``None``.
+            Registering twice in the same registry raises ``ValueError``
+            (prometheus_client's duplicate check), so build one ``Metrics``
+            per registry.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ns = NAMESPACE
+
+        # Processor
+        self.events_total = Counter(
+            "events", "Input events by decision outcome", ["outcome"], namespace=ns, registry=r
+        )
+        self.dlq_total = Counter("dlq", "Records sent to the DLQ, by reason", ["reason"], namespace=ns, registry=r)
+        self.batches_total = Counter("batches", "Batches processed and committed", namespace=ns, registry=r)
+        self.batch_seconds = Histogram(
+            "batch_seconds",
+            "Time to process and commit one batch",
+            namespace=ns,
+            registry=r,
+            buckets=BATCH_BUCKETS,
+        )
+
+        # Deliverer
+        self.deliveries_total = Counter(
+            "deliveries", "Final delivery records, by result", ["result"], namespace=ns, registry=r
+        )
+        self.delivery_attempts_total = Counter(
+            "delivery_attempts", "updatestatus attempts, first or retry", ["kind"], namespace=ns, registry=r
+        )
+        self.delivery_queue_depth = Gauge(
+            "delivery_queue_depth", "Accepted outcomes waiting to be delivered", namespace=ns, registry=r
+        )
+        self.deliveries_in_flight = Gauge(
+            "deliveries_in_flight", "Deliveries currently being attempted", namespace=ns, registry=r
+        )
+
+        # WeChat client
+        self.wechat_calls_total = Counter(
+            "wechat_calls",
+            "WeChat API calls, by class of result errcode",
+            ["errcode_class"],
+            namespace=ns,
+            registry=r,
+        )
+        self.wechat_latency_seconds = Histogram(
+            "wechat_latency_seconds",
+            "Latency of one WeChat API HTTP call",
+            namespace=ns,
+            registry=r,
+            buckets=WECHAT_LATENCY_BUCKETS,
+        )
+        self.token_refreshes_total = Counter(
+            "token_refreshes", "Access tokens fetched, by appid and token mode", ["appid", "mode"], namespace=ns, registry=r
+        )
+        self.parked_appids = Gauge(
+            "parked_appids", "Appids parked until their quota resets", namespace=ns, registry=r
+        )
+        self.parked_appid = Gauge(
+            "parked_appid", "1 while this appid is parked on quota", ["appid"], namespace=ns, registry=r
+        )
+
+        # Kafka and local state
+        self.consumer_lag = Gauge(
+            "consumer_lag",
+            "Records between the committed/consumed position and the end of the partition",
+            ["group", "topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.restore_records_total = Counter(
+            "restore_records", "Changelog records restored into local state", ["partition"], namespace=ns, registry=r
+        )
+        self.restore_seconds = Gauge(
+            "restore_seconds", "Duration of the last state restore of a partition", ["partition"], namespace=ns, registry=r
+        )
+        self.restore_in_progress = Gauge(
+            "restore_in_progress", "Partitions whose state is being restored now", namespace=ns, registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "assigned_partitions", "Partitions assigned to this instance, by role", ["role"], namespace=ns, registry=r
+        )
+        self.ready = Gauge("ready", "1 while the component is ready", namespace=ns, registry=r)
+
+        for outcome in EVENT_OUTCOMES:
+            self.events_total.labels(outcome)
+        for result in DELIVERY_RESULTS:
+            self.deliveries_total.labels(result)
+        for errcode_class in ERRCODE_CLASSES:
+            self.wechat_calls_total.labels(errcode_class)
+        for kind in ATTEMPT_KINDS:
+            self.delivery_attempts_total.labels(kind)
+        for role in ROLES:
+            self.assigned_partitions.labels(role)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format (0.0.4)."""
+        return generate_latest(self.registry)
