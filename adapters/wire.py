@@ -78,6 +78,7 @@ OutcomeType = Literal[
     "invoice.status.unchanged",
     "invoice.status.duplicate",
     "invoice.status.rejected",
+    "invoice.status.repair",
 ]
 
 
@@ -99,10 +100,17 @@ class OutcomeData(Struct, frozen=True, omit_defaults=False):
     source_offset: int | None = None
     #: When upstream says the event happened (for end-to-end latency).
     event_time: Rfc3339 | None = None
+    #: Only on ``invoice.status.repair`` (written by ``reconcile --repair``):
+    #: the delivery's idempotency key, stable for the same divergence.
+    idempotency_key: str | None = None
 
 
 class OutcomeEvent(Struct, frozen=True):
-    """One decision per valid event (``invoice.outcomes``), a CloudEvent."""
+    """One decision per valid event (``invoice.outcomes``), a CloudEvent.
+
+    ``invoice.status.repair`` records are not decisions: ``reconcile --repair``
+    writes them to ask the deliverer to push ``to_status`` again.
+    """
 
     specversion: Literal["1.0"]
     id: EventId

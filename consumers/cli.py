@@ -85,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+COMMAND_MODULES = ("consumers.commands", "consumers.commands_delivery", "consumers.commands_history", "consumers.commands_ops")
+
+
 def _load_commands() -> None:
-    # Importing registers the commands; kept out of import time of this module
-    # so ``--help`` of one command does not pay for every other.
-    from consumers import commands  # noqa: F401
+    # Importing registers the commands (each module owns a group of them).
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
 
 
 if __name__ == "__main__":

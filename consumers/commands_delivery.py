@@ -1,0 +1,1 @@
+"""Commands: deliver, run, wechat-sim, demo."""

@@ -1,0 +1,1 @@
+"""Commands: replay, reconcile, dlq."""

@@ -1,0 +1,1 @@
+"""Commands: diagram and other operator commands."""
