@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     delivery_max_backoff_s: float = Field(default=30.0, gt=0)
     quota_reset_hour: int = Field(default=0, ge=0, le=23, description="hour (Asia/Shanghai) when a 45009 daily quota resets")
     quota_park_s: float | None = Field(default=None, gt=0, description="park on 45009 for this long instead of until reset")
+    minute_quota_wait_s: float | None = Field(default=None, gt=0, description="wait on 45011 for this long instead of until the next minute")
+    credential_park_s: float = Field(default=60.0, gt=0, description="retry an account whose credentials WeChat refused after this long")
+    delivery_commit_interval_ms: int = Field(default=200, ge=10, description="how often finished deliveries are committed")
+    delivery_max_pending: int = Field(default=20_000, ge=10, description="outcomes held per partition before fetching pauses")
 
     # WeChat
     wechat_base_url: str = "https://api.weixin.qq.com"

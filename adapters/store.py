@@ -36,8 +36,11 @@ class PartitionStore(ABC):
     def get(self, key: bytes) -> bytes | None: ...
 
     @abstractmethod
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
-        """Write ``items`` and the new offset atomically."""
+    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
+        """Write ``items`` and (unless ``None``) the new offset atomically."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[bytes]) -> None: ...
 
     @property
     @abstractmethod
@@ -67,9 +70,14 @@ class MemoryPartitionStore(PartitionStore):
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
+    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
         self._data.update(items)
-        self._offset = changelog_offset
+        if changelog_offset is not None:
+            self._offset = changelog_offset
+
+    def delete(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            self._data.pop(key, None)
 
     @property
     def changelog_offset(self) -> int | None:
@@ -123,15 +131,25 @@ class RocksPartitionStore(PartitionStore):
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int) -> None:
+    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
         from rocksdict import WriteBatch
 
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
             batch.put(key, value)
-        batch.put(_OFFSET_KEY, str(changelog_offset).encode())
+        if changelog_offset is not None:
+            batch.put(_OFFSET_KEY, str(changelog_offset).encode())
         self._db.write(batch)
-        self._offset = changelog_offset
+        if changelog_offset is not None:
+            self._offset = changelog_offset
+
+    def delete(self, keys: Iterable[bytes]) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for key in keys:
+            batch.delete(key)
+        self._db.write(batch)
 
     @property
     def changelog_offset(self) -> int | None:
