@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_client_id: str = "invoice-sm"
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, description="how soon a dead instance's partitions move")
 
     # Topics
     topic_events: str = "invoice.events"

@@ -97,4 +97,8 @@ def _load_commands() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as a script this module is ``__main__``, a second copy whose registry
+    # the command modules do not fill: hand over to the imported module.
+    from consumers.cli import main as _main
+
+    raise SystemExit(_main())

@@ -53,3 +53,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--invoices", type=int, default=300, help="how many invoices the sample stream covers")
+    p.add_argument("--use-broker", metavar="HOST:PORT", help="use this broker instead of starting one")
+    p.add_argument("--keep", action="store_true", help="keep broker and simulator running afterwards")
+
+
+@command("demo", "Everything locally: broker, WeChat simulator, processor, deliverer, a sample stream, a summary.")
+@arguments(_demo_args)
+def demo(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.demo import run_demo
+
+    return run_demo(args.invoices, args.use_broker, args.keep)

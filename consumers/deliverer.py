@@ -601,7 +601,7 @@ class Deliverer(ConsumerRebalanceListener):
             await self._check_credentials()
             self.partitions = await kafka.ensure_topics(settings)
             consumer = kafka.new_consumer(
-                settings, group_id=self.group_id, session_timeout_ms=10_000, heartbeat_interval_ms=2_000
+                settings, group_id=self.group_id, session_timeout_ms=settings.kafka_session_timeout_ms, heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500)
             )
             self.consumer = consumer
             consumer.subscribe([settings.topic_outcomes], listener=self)

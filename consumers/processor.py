@@ -339,8 +339,8 @@ class Processor(ConsumerRebalanceListener):
             settings,
             group_id=self.group_id,
             max_poll_interval_ms=300_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
         )
         self.consumer = consumer
         consumer.subscribe([settings.topic_events], listener=self)

@@ -36,13 +36,16 @@ class Service:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumers.cli", command, *args],
+            [sys.executable, "-m", "consumers", command, *args],
             cwd=REPO,
             env=settings_env(settings, **env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook, no abort, no flush."""

@@ -1,0 +1,217 @@
+"""``invoice-sm demo``: everything locally, end to end, in one command.
+
+Starts a real Kafka broker (``adapters.kafka_local``) and the WeChat
+simulator, runs the processor and the deliverer, publishes a realistic
+stream (legal and illegal moves, repeated events, malformed records), makes
+WeChat fail a few times on the way, waits until every accepted status has
+a final delivery record, and prints what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from adapters.settings import Settings, load_settings
+from domain.model import invoice_key
+from domain.status import ReimburseStatus as S
+
+DEMO_APPID = "wx1234567890abcdef"
+TYPE_FOR = {
+    S.LOCK: "invoice.reimbursement.locked",
+    S.INIT: "invoice.reimbursement.unlocked",
+    S.CLOSURE: "invoice.reimbursement.closed",
+    S.CANCEL: "invoice.red_flushed",
+}
+
+
+def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
+    """Lifecycle stories, interleaved across invoices as upstream would send them."""
+    rng = random.Random(seed)
+    stories = [
+        [S.LOCK, S.CLOSURE],  # reimbursed
+        [S.LOCK, S.INIT, S.LOCK, S.CLOSURE],  # abandoned once, then reimbursed
+        [S.CANCEL],  # red-flushed before anyone used it
+        [S.LOCK, S.CANCEL],  # red-flushed while locked
+        [S.CLOSURE],  # illegal: must lock first
+        [S.LOCK, S.CLOSURE, S.CANCEL],  # red-flush after reimbursement: refused, terminal
+        [S.LOCK, S.LOCK],  # same status twice: unchanged
+    ]
+    queues = []
+    for n in range(n_invoices):
+        card_id, code = f"pDemoCard{n:06d}", f"{4400000000 + n}"
+        events = []
+        for i, status in enumerate(rng.choice(stories)):
+            event = {
+                "specversion": "1.0",
+                "id": f"demo-{n}-{i}",
+                "source": "/erp/reimbursement",
+                "type": TYPE_FOR[status],
+                "time": "2026-11-25T08:00:00Z",
+                "subject": invoice_key(card_id, code),
+                "data": {"card_id": card_id, "code": code, "appid": DEMO_APPID},
+            }
+            events.append(json.dumps(event).encode())
+            if rng.random() < 0.05:
+                events.append(events[-1])  # upstream sent it twice
+        queues.append(events)
+    malformed = [
+        b"not json at all",
+        b'{"specversion": "1.0", "id": "x", "source": "/erp", "type": "invoice.reimbursement.locked"}',
+        b'{"specversion": "1.0", "id": "y", "source": "/erp", "type": "invoice.exploded", "data": {"card_id": "a", "code": "1"}}',
+        b'{"specversion": "1.0", "id": "z", "source": "/erp", "type": "invoice.status.set", "data": {"card_id": "a", "code": "1", "reimburse_status": "PAID"}}',
+    ]
+    while queues:
+        i = rng.randrange(len(queues))
+        yield queues[i].pop(0)
+        if not queues[i]:
+            queues.pop(i)
+        if malformed and rng.random() < 0.01:
+            yield malformed.pop()
+    yield from malformed
+
+
+async def _run(settings: Settings, sim: Any, n_invoices: int, console: Console) -> dict[str, Any]:
+    from adapters import kafka
+    from consumers.deliverer import Deliverer
+    from consumers.processor import Processor
+    from consumers.publish import publish_lines
+
+    lines = list(demo_stream(n_invoices))
+    await kafka.ensure_topics(settings)
+    stop = asyncio.Event()
+    processor, deliverer = Processor(settings), Deliverer(settings)
+    tasks = [asyncio.create_task(processor.run(stop)), asyncio.create_task(deliverer.run(stop))]
+    started = time.perf_counter()
+    try:
+        # WeChat misbehaves now and then, as it does: the work is delayed, never lost.
+        sim.add_fault("http_status", http_status=502, times=3)
+        sim.add_fault("errcode", errcode=-1, times=3, after=50)
+        sim.add_fault("timeout", latency_ms=800, apply=True, times=2, after=100)
+        sim.add_fault("errcode", errcode=72036, times=2, after=150)
+        report = await publish_lines(settings, lines, allow_invalid=True, ensure=False)
+        console.print(f"[bold]published[/] {report.sent} events for {n_invoices} invoices")
+        with console.status("processing and delivering…"):
+            outcomes, deliveries = await _wait_until_delivered(settings, report.sent)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    dlq = await _read(settings, settings.topic_dlq)
+    return {
+        "events": report.sent,
+        "seconds": time.perf_counter() - started,
+        "outcomes": outcomes,
+        "deliveries": deliveries,
+        "dlq": dlq,
+    }
+
+
+async def _read(settings: Settings, topic: str) -> list[Any]:
+    from adapters import kafka
+
+    out: list[Any] = []
+    async for records in kafka.read_to_end(settings, topic):
+        out.extend(records)
+    return out
+
+
+async def _wait_until_delivered(settings: Settings, sent: int, timeout: float = 300) -> tuple[list[dict], list[dict]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        outcomes = [json.loads(r.value) for r in await _read(settings, settings.topic_outcomes)]
+        dlq = await _read(settings, settings.topic_dlq)
+        accepted = sum(o["type"] == "invoice.status.accepted" for o in outcomes)
+        deliveries = [json.loads(r.value) for r in await _read(settings, settings.topic_deliveries)]
+        if len(outcomes) + len(dlq) >= sent and len(deliveries) >= accepted:
+            return outcomes, deliveries
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(outcomes)} outcomes, {len(deliveries)}/{accepted} deliveries after {timeout} s")
+        await asyncio.sleep(0.5)
+
+
+def _summary(console: Console, result: dict[str, Any], sim: Any) -> None:
+    outcomes, deliveries, dlq = result["outcomes"], result["deliveries"], result["dlq"]
+    calls = sim.calls()
+    table = Table(title="invoice-sm demo: what happened", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_column("detail")
+    table.add_row("events in", str(result["events"]), "CloudEvents on invoice.events")
+    kinds = Counter(o["type"].rsplit(".", 1)[1] for o in outcomes)
+    reasons = Counter(o["data"]["reason"] for o in outcomes if o["data"].get("reason"))
+    table.add_row(
+        "outcomes",
+        str(len(outcomes)),
+        ", ".join(f"{k} {n}" for k, n in kinds.most_common())
+        + (f"  (rejected: {', '.join(f'{r} {n}' for r, n in reasons.most_common())})" if reasons else ""),
+    )
+    dlq_reasons = Counter(dict(r.headers).get("dlq.error.reason", b"?").decode() for r in dlq)
+    table.add_row("DLQ", str(len(dlq)), ", ".join(f"{k} {n}" for k, n in dlq_reasons.most_common()))
+    results = Counter(d["result"] for d in deliveries)
+    table.add_row("deliveries", str(len(deliveries)), ", ".join(f"{k} {n}" for k, n in results.most_common()))
+    errcodes = Counter("HTTP error/reset" if c.errcode is None else f"errcode {c.errcode}" for c in calls)
+    retried = sum(1 for d in deliveries if d["attempts"] > 1)
+    table.add_row(
+        "WeChat calls",
+        str(len(calls)),
+        ", ".join(f"{k} {n}" for k, n in errcodes.most_common()) + f"; {retried} deliveries needed a retry",
+    )
+    cards = Counter(c.reimburse_status.removeprefix("INVOICE_REIMBURSE_") for c in sim.cards())
+    table.add_row("final card statuses", str(sum(cards.values())), ", ".join(f"{k} {n}" for k, n in cards.most_common()))
+    console.print(table)
+    keys = [c.idempotency_key for c in calls if c.idempotency_key]
+    console.print(
+        f"every call carried an Idempotency-Key: {len(keys) == len(calls)}; "
+        f"keys sent more than once (retries of the same status): {len(keys) - len(set(keys))}; "
+        f"took {result['seconds']:.1f} s"
+    )
+
+
+def run_demo(n_invoices: int = 300, bootstrap: str | None = None, keep: bool = False) -> int:
+    from adapters.kafka_local import LocalKafka
+    from adapters.logging import configure_logging
+    from simulator import SimulatorServer, WeChatSimulator
+    from simulator.state import DEFAULT_ACCOUNTS
+
+    console = Console()
+    configure_logging("console", "WARNING")
+    with contextlib.ExitStack() as stack:
+        if bootstrap is None:
+            with console.status("starting a local Apache Kafka broker (KRaft, from Maven Central jars)…"):
+                broker = stack.enter_context(LocalKafka())
+            bootstrap = broker.bootstrap_servers
+        console.print(f"[bold]Kafka[/] {bootstrap}")
+        server = stack.enter_context(SimulatorServer(WeChatSimulator()))
+        console.print(f"[bold]WeChat simulator[/] {server.base_url}")
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="invoice-sm-demo-")))
+        settings = load_settings(
+            kafka_bootstrap_servers=bootstrap,
+            wechat_base_url=server.base_url,
+            wechat_appid=DEMO_APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[DEMO_APPID],
+            wechat_timeout_s=0.5,
+            delivery_max_backoff_s=1.0,
+            state_dir=workdir / "state",
+            topic_partitions=6,
+            log_format="console",
+            log_level="WARNING",
+        )
+        result = asyncio.run(_run(settings, server.sim, n_invoices, console))
+        _summary(console, result, server.sim)
+        if keep:
+            console.print("broker and simulator stay up; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+    return 0

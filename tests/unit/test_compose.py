@@ -1,0 +1,375 @@
+"""compose.yaml, the Dockerfile and deploy/prometheus.yml stay in step with
+the code: real settings, real subcommands, the default topics, matching
+ports. There is no Docker engine in CI, so the files are parsed, not run;
+``invoice-sm wechat-sim``, which compose runs, is exercised for real."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import simulator.server
+from adapters.kafka import topic_specs
+from adapters.settings import ENV_PREFIX, Settings, load_settings
+from consumers.cli import COMMANDS, _load_commands, build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "prometheus"}
+PROJECT_SERVICES = ("wechat-sim", "processor", "deliverer")
+METRICS_SERVICES = ("processor", "deliverer")
+#: ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}`` (compose interpolation).
+SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def _interpolate(value: str) -> str:
+    """What compose would substitute with nothing set in the environment."""
+    return SUBSTITUTION.sub(lambda m: m["default"] or "", value).replace("$$", "$")
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host_ip, published, target) of each published port (short syntax)."""
+    result = []
+    for spec in service.get("ports", []):
+        *host, published, target = str(spec).split(":")
+        result.append((host[0] if host else "0.0.0.0", int(published), int(target.split("/")[0])))
+    return result
+
+
+def _field(env_name: str) -> str:
+    return env_name.removeprefix(ENV_PREFIX).lower()
+
+
+def _metrics_port(service: dict[str, Any]) -> int:
+    return int(_environment(service)["INVOICE_SM_METRICS_PORT"])
+
+
+# --------------------------------------------------------------------------
+# services and images
+# --------------------------------------------------------------------------
+
+
+def test_compose_defines_the_whole_stack(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_kafka_is_the_official_image_as_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    env = _environment(kafka)
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert f"{controller}://" in env["KAFKA_LISTENERS"]
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols)
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
+    assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    for name in ("OFFSETS_TOPIC_REPLICATION_FACTOR", "TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert env[f"KAFKA_{name}"] == "1"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+
+
+def test_the_external_kafka_listener_is_the_published_port(services: dict[str, dict[str, Any]]) -> None:
+    env = _environment(services["kafka"])
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    external = [address for name, address in advertised.items() if address.startswith("localhost:")]
+    assert len(external) == 1
+    port = int(external[0].split(":")[1])
+    assert (port, port) in {(published, target) for _, published, target in _ports(services["kafka"])}
+
+
+def test_project_services_share_one_image_and_build(services: dict[str, dict[str, Any]]) -> None:
+    images = {(services[name].get("image"), str(services[name].get("build"))) for name in PROJECT_SERVICES}
+    assert len(images) == 1
+    image, build = images.pop()
+    assert image and build != "None"
+
+
+# --------------------------------------------------------------------------
+# settings and commands
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_environment_names_are_real_settings(services: dict[str, dict[str, Any]], name: str) -> None:
+    for env_name in _environment(services[name]):
+        assert env_name.startswith(ENV_PREFIX), env_name
+        assert _field(env_name) in Settings.model_fields, f"{name}: {env_name} is not a setting"
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_environment_values_load(services: dict[str, dict[str, Any]], name: str) -> None:
+    values = {_field(k): _interpolate(v) for k, v in _environment(services[name]).items()}
+    settings = load_settings(**values)
+    if name == "deliverer":
+        settings.require_wechat()
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_commands_are_real_subcommands(services: dict[str, dict[str, Any]], name: str) -> None:
+    _load_commands()
+    argv = [_interpolate(part) for part in _command(services[name])]
+    assert argv[0] in COMMANDS, f"{name}: invoice-sm has no command {argv[0]!r}"
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0]
+
+
+def test_the_processor_keeps_its_state_on_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    state_dir = _environment(services["processor"])["INVOICE_SM_STATE_DIR"]
+    mounts = dict(str(spec).split(":")[:2][::-1] for spec in services["processor"]["volumes"])
+    assert mounts[state_dir] in compose["volumes"]
+
+
+def test_the_processor_and_deliverer_do_not_create_topics(services: dict[str, dict[str, Any]]) -> None:
+    for name in METRICS_SERVICES:
+        assert load_settings(create_topics=_environment(services[name])["INVOICE_SM_CREATE_TOPICS"]).create_topics is False
+
+
+def test_the_deliverer_talks_to_the_simulator_service(services: dict[str, dict[str, Any]]) -> None:
+    url = _environment(services["deliverer"])["INVOICE_SM_WECHAT_BASE_URL"]
+    argv = _command(services["wechat-sim"])
+    assert url == f"http://wechat-sim:{argv[argv.index('--port') + 1]}"
+
+
+def test_startup_order_waits_for_the_broker_and_the_topics(services: dict[str, dict[str, Any]]) -> None:
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["kafka-init"]["restart"] == "no"
+    for name in METRICS_SERVICES:
+        assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert "wechat-sim" in services["deliverer"]["depends_on"]
+
+
+# --------------------------------------------------------------------------
+# topics
+# --------------------------------------------------------------------------
+
+
+def _created_topics(service: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """topic -> its kafka-topics.sh options, from the init script."""
+    topics: dict[str, dict[str, str]] = {}
+    for line in "\n".join(_command(service)).splitlines():
+        words = shlex.split(line)
+        if not words or not words[0].endswith("kafka-topics.sh"):
+            continue
+        assert "--create" in words and "--if-not-exists" in words, line
+        options: dict[str, str] = {}
+        for flag, value in zip(words, words[1:], strict=False):
+            if flag == "--config":
+                key, _, setting = value.partition("=")
+                options[key] = setting
+            elif flag.startswith("--") and not value.startswith("--"):
+                options[flag] = value
+        topics[options["--topic"]] = options
+    return topics
+
+
+def test_kafka_init_creates_exactly_the_default_topics_with_their_policies(services: dict[str, dict[str, Any]]) -> None:
+    init = services["kafka-init"]
+    assert init["image"] == services["kafka"]["image"]
+    created = _created_topics(init)
+    defaults = Settings.model_construct()  # field defaults, whatever the environment says
+    specs = {spec.name: spec for spec in topic_specs(defaults)}
+    assert set(created) == set(specs)
+    for name, options in created.items():
+        assert options["cleanup.policy"] == ("compact" if specs[name].compact else "delete"), name
+        assert int(options["--partitions"]) == specs[name].partitions == defaults.topic_partitions, name
+        assert int(options["--replication-factor"]) == defaults.topic_replication_factor, name
+        assert options["--bootstrap-server"] == "kafka:9092", name
+
+
+def test_the_services_use_the_default_topic_names(services: dict[str, dict[str, Any]]) -> None:
+    for name in PROJECT_SERVICES:
+        overridden = [k for k in _environment(services[name]) if k.startswith(f"{ENV_PREFIX}TOPIC_")]
+        assert not overridden, f"{name} renames topics that kafka-init creates under their default names"
+
+
+# --------------------------------------------------------------------------
+# ports, health, metrics
+# --------------------------------------------------------------------------
+
+
+def test_every_port_is_published_on_loopback_once(services: dict[str, dict[str, Any]]) -> None:
+    published: list[int] = []
+    for name in ("kafka", "wechat-sim", "processor", "deliverer", "prometheus"):
+        ports = _ports(services[name])
+        assert ports, f"{name} publishes no port"
+        assert {host for host, _, _ in ports} == {"127.0.0.1"}, name
+        published += [p for _, p, _ in ports]
+    assert len(published) == len(set(published))
+
+
+def test_metrics_ports_are_published_and_health_checked(services: dict[str, dict[str, Any]]) -> None:
+    for name in METRICS_SERVICES:
+        port = _metrics_port(services[name])
+        assert port in {target for _, _, target in _ports(services[name])}, name
+        assert f"127.0.0.1:{port}/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
+
+
+def test_the_simulator_port_is_published(services: dict[str, dict[str, Any]]) -> None:
+    argv = _command(services["wechat-sim"])
+    port = int(argv[argv.index("--port") + 1])
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert port in {target for _, _, target in _ports(services["wechat-sim"])}
+
+
+def test_prometheus_scrapes_the_metrics_endpoints(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prometheus["image"])
+    mounted = {str(spec).split(":")[0] for spec in prometheus["volumes"]}
+    assert "./deploy/prometheus.yml" in mounted
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert targets == {f"{name}:{_metrics_port(services[name])}" for name in METRICS_SERVICES}
+
+
+# --------------------------------------------------------------------------
+# secrets
+# --------------------------------------------------------------------------
+
+
+def _is_secret(field: str) -> bool:
+    # SecretStr, SecretStr | None, dict[str, SecretStr]: masked in logs, so never literal here.
+    return "SecretStr" in str(Settings.model_fields[field].annotation)
+
+
+def test_secrets_come_only_from_substitutions(services: dict[str, dict[str, Any]]) -> None:
+    checked = 0
+    for name in PROJECT_SERVICES:
+        for env_name, value in _environment(services[name]).items():
+            if _is_secret(_field(env_name)):
+                assert SUBSTITUTION.fullmatch(value), f"{name}: {env_name} is a literal, not ${{...}}"
+                checked += 1
+        argv = _command(services[name])
+        for flag, value in zip(argv, argv[1:], strict=False):
+            if flag == "--account":
+                assert SUBSTITUTION.fullmatch(value.partition(":")[2]), f"{name}: --account has a literal secret"
+    assert checked, "no secret setting found: the check checks nothing"
+
+
+def test_no_other_service_carries_a_password(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for env_name, value in _environment(service).items():
+            if re.search(r"SECRET|PASSWORD|CREDENTIAL", env_name):
+                assert SUBSTITUTION.fullmatch(value), f"{name}: {env_name}"
+
+
+# --------------------------------------------------------------------------
+# Dockerfile and .dockerignore
+# --------------------------------------------------------------------------
+
+
+def test_the_dockerfile_copies_every_package_and_runs_invoice_sm_as_non_root() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+)/ ", dockerfile, re.MULTILINE))
+    assert packages <= copied, f"the Dockerfile does not copy {packages - copied}"
+    assert re.search(rf"^COPY pyproject.toml {re.escape(pyproject['project']['readme'])} ", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
+    assert 'ENTRYPOINT ["invoice-sm"]' in dockerfile
+    for env_name in re.findall(r"\b(INVOICE_SM_\w+)=", dockerfile):
+        assert _field(env_name) in Settings.model_fields, env_name
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".venv", ".cache", ".git", "state", "bench/results"} <= ignored
+
+
+# --------------------------------------------------------------------------
+# invoice-sm wechat-sim (what the wechat-sim service runs)
+# --------------------------------------------------------------------------
+
+
+def test_wechat_sim_help_shows_the_simulator_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["wechat-sim", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--latency-ms", "--account", "--no-demo-accounts", "--token-ttl-s"):
+        assert flag in out
+
+
+def test_wechat_sim_hands_the_simulator_its_arguments_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[list[str]] = []
+    monkeypatch.setattr(simulator.server, "main", lambda argv: received.append(list(argv)) or 0)
+    argv = ["--host", "0.0.0.0", "--port", "8088", "--account", "wxa:s1", "--latency-ms", "5", "--account", "wxb:s2",
+            "--no-demo-accounts", "--token-ttl-s", "1.5"]
+    assert main(["wechat-sim", *argv]) == 0
+    assert received == [argv]
+    assert main(["wechat-sim"]) == 0
+    assert received[-1] == []
+
+
+@pytest.mark.parametrize("argv", [["--port", "x"], ["--account", "no-colon"], ["--unknown"]])
+def test_wechat_sim_refuses_a_bad_argument_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    monkeypatch.setattr(simulator.server, "main", lambda argv: pytest.fail("the simulator must not start"))
+    with pytest.raises(SystemExit) as info:
+        main(["wechat-sim", *argv])
+    assert info.value.code == 2
+    assert f"error: {'unrecognized' if argv == ['--unknown'] else 'argument ' + argv[0]}" in capsys.readouterr().err
+
+
+def test_wechat_sim_serves_until_sigterm_and_exits_cleanly() -> None:
+    # The console script, as the image's ENTRYPOINT runs it.
+    script = Path(sys.executable).with_name("invoice-sm")
+    proc = subprocess.Popen(
+        [str(script), "wechat-sim", "--port", "0", "--latency-ms", "1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.fullmatch(r"listening on http://127\.0\.0\.1:\d+\n", line), line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
