@@ -423,6 +423,18 @@ class WeChatSimulator:
                 for (a, c, k), s in self._cards.items()
             ]
 
+    def issued_secrets(self) -> set[str]:
+        """Every credential this simulator knows or issued: account and component
+        secrets, verify tickets, tokens, refresh tokens. Tests assert none of
+        them ever shows up in a log line."""
+        with self._lock:
+            found = set(self._accounts.values()) | set(self._tokens)
+            for secret, ticket in self._components.values():
+                found |= {secret, ticket}
+            for authorizer in self._authorizers.values():
+                found |= authorizer.refresh_tokens
+        return found
+
     def card_status(self, appid: str, card_id: str, code: str) -> ReimburseStatus | None:
         """The card's status, or None if no call ever reached it."""
         with self._lock:
