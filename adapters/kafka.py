@@ -191,6 +191,10 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = 
     return counts
 
 
+#: The C record builder wants a list; one shared empty list, never mutated.
+_NO_HEADERS: list[tuple[str, bytes]] = []
+
+
 class TxnBatch:
     """Records of one transaction, appended into per-partition batch builders.
 
@@ -203,22 +207,40 @@ class TxnBatch:
         self._builders: dict[tuple[str, int], Any] = {}
         self._counts: dict[tuple[str, int], int] = {}
         self._futures: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
+        self._full: tuple[tuple[str, int], bytes | None, bytes | None, list[tuple[str, bytes]] | None] | None = None
 
-    async def add(
+    def append(
         self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
-    ) -> None:
+    ) -> bool:
+        """Append a record; ``False`` when its batch is full: ``await ship_full()``,
+        which ships that batch and appends the record to a fresh one.
+
+        Synchronous on purpose: an ``await`` per record costs a coroutine each.
+        """
         slot = (topic, partition)
         builder = self._builders.get(slot)
         if builder is None:
             builder = self._builders[slot] = self._producer.create_batch()
             self._counts[slot] = 0
-        if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-            await self._ship(slot)
-            builder = self._builders[slot] = self._producer.create_batch()
-            self._counts[slot] = 0
-            if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                raise BrokerError(f"record of {len(value or b'')} bytes does not fit a batch for {topic}")
+        if builder.append(key=key, value=value, timestamp=None, headers=headers or _NO_HEADERS) is None:
+            self._full = (slot, key, value, headers)
+            return False
         self._counts[slot] += 1
+        return True
+
+    async def ship_full(self) -> None:
+        assert self._full is not None
+        slot, key, value, headers = self._full
+        self._full = None
+        await self._ship(slot)
+        if not self.append(slot[0], slot[1], key, value, headers):
+            raise BrokerError(f"record of {len(value or b'')} bytes does not fit a batch for {slot[0]}")
+
+    async def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        if not self.append(topic, partition, key, value, headers):
+            await self.ship_full()
 
     async def _ship(self, slot: tuple[str, int]) -> None:
         builder = self._builders.pop(slot)

@@ -206,10 +206,10 @@ class InvoiceStates:
         self._remember(key, state)
         return state
 
-    def put(self, state: InvoiceState) -> bytes:
-        """Stage ``state``; returns its encoded changelog value."""
+    def put(self, key: str, state: InvoiceState) -> bytes:
+        """Stage ``state`` under its invoice key; returns its encoded changelog value."""
         value: bytes = self._encode(state)
-        self.pending[state.key] = (state, value)
+        self.pending[key] = (state, value)
         return value
 
     def commit(self, changelog_offset: int) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from domain.lifecycle import LEGAL_MOVES
 from domain.model import (
@@ -39,19 +40,24 @@ def decide(state: InvoiceState | None, event: LifecycleEvent, now: str | None = 
 
     remembered = _remember(state.recent_event_ids, event.event_id)
     appid = state.appid or event.appid
-    seen = replace(state, recent_event_ids=remembered, appid=appid, updated_at=now)
 
     if state.appid and event.appid and event.appid != state.appid:
-        return Decision(DecisionKind.REJECTED, event, current, requested, seen, RejectReason.APPID_MISMATCH)
-    if requested is current:
-        return Decision(DecisionKind.UNCHANGED, event, current, requested, seen)
-    if current in TERMINAL_STATUSES:
-        return Decision(DecisionKind.REJECTED, event, current, requested, seen, RejectReason.TERMINAL_STATE)
-    trigger = LEGAL_MOVES.get((current, requested))
-    if trigger is None:
-        return Decision(DecisionKind.REJECTED, event, current, requested, seen, RejectReason.ILLEGAL_TRANSITION)
-    moved = replace(seen, status=requested, version=state.version + 1)
-    return Decision(DecisionKind.ACCEPTED, event, current, requested, moved, trigger=trigger)
+        kind, reason, trigger = DecisionKind.REJECTED, RejectReason.APPID_MISMATCH, None
+    elif requested is current:
+        kind, reason, trigger = DecisionKind.UNCHANGED, None, None
+    elif current in TERMINAL_STATUSES:
+        kind, reason, trigger = DecisionKind.REJECTED, RejectReason.TERMINAL_STATE, None
+    else:
+        trigger = LEGAL_MOVES.get((current, requested))
+        if trigger is None:
+            kind, reason = DecisionKind.REJECTED, RejectReason.ILLEGAL_TRANSITION
+        else:
+            moved = replace(
+                state, status=requested, version=state.version + 1, recent_event_ids=remembered, appid=appid, updated_at=now
+            )
+            return Decision(DecisionKind.ACCEPTED, event, current, requested, moved, trigger=trigger)
+    seen = replace(state, recent_event_ids=remembered, appid=appid, updated_at=now)
+    return Decision(kind, event, current, requested, seen, reason, trigger)
 
 
 def fold(events: Iterable[LifecycleEvent], states: dict[str, InvoiceState] | None = None) -> dict[str, InvoiceState]:

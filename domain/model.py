@@ -1,13 +1,18 @@
 """Frozen value types: lifecycle events, invoice state, decisions.
 
 These are the domain's own types; the wire formats (CloudEvents JSON) live
-in ``adapters.wire`` and are converted at the boundary.
+in ``adapters.wire`` and are converted at the boundary. They are frozen
+``msgspec.Struct``s rather than dataclasses: a pure data library (no I/O),
+whose C ``__init__`` and ``replace`` cost a tenth of a frozen dataclass's on
+the hot path, where one event builds three of them. ``gc=False``: they hold
+no reference cycles, and the state cache holds hundreds of thousands.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+from msgspec import Struct
 
 from domain.status import ReimburseStatus
 
@@ -26,8 +31,7 @@ def idempotency_key(card_id: str, code: str, version: int) -> str:
     return f"{card_id}/{code}#{version}"
 
 
-@dataclass(frozen=True, slots=True)
-class LifecycleEvent:
+class LifecycleEvent(Struct, frozen=True, gc=False):
     """Something that happened to an invoice upstream, asking for a status."""
 
     event_id: str
@@ -43,8 +47,7 @@ class LifecycleEvent:
         return invoice_key(self.card_id, self.code)
 
 
-@dataclass(frozen=True, slots=True)
-class InvoiceState:
+class InvoiceState(Struct, frozen=True, gc=False):
     """What the service knows of one invoice. ``version`` counts accepted transitions."""
 
     card_id: str
@@ -53,7 +56,7 @@ class InvoiceState:
     version: int = 0
     appid: str = ""
     updated_at: str | None = None
-    recent_event_ids: tuple[str, ...] = field(default=())
+    recent_event_ids: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -78,8 +81,7 @@ class RejectReason(StrEnum):
     APPID_MISMATCH = "appid_mismatch"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Struct, frozen=True, gc=False):
     """The verdict on one event, and the state it leaves the invoice in.
 
     ``state`` is the invoice after the decision; for a duplicate it is the

@@ -52,6 +52,9 @@ async def test_two_instances_over_six_partitions_decide_each_event_once(crash_se
     events = list(random_stream(20_000, 2_000, seed=3))
     a, b = processor(crash_settings, tmp_path, "a"), processor(crash_settings, tmp_path, "b")
     try:
+        # Both own partitions before any event exists, so both must do work.
+        await wait_for_log(a, '"partitions assigned"', 1)
+        await wait_for_log(b, '"partitions assigned"', 1)
         await produce_events(crash_settings, events)
         await wait_outcomes(crash_settings, len(events), a, b)
         assert a.terminate() == 0 and b.terminate() == 0
@@ -72,12 +75,16 @@ async def test_kill_9_mid_stream_and_during_a_rebalance_loses_and_repeats_nothin
     a, b = processor(crash_settings, tmp_path, "a"), processor(crash_settings, tmp_path, "b")
     services = [a, b]
     try:
+        await wait_for_log(a, '"partitions assigned"', 1)
+        await wait_for_log(b, '"partitions assigned"', 1)
         for chunk in chunks[:4]:
             await produce_events(crash_settings, chunk)
-            await asyncio.sleep(0.3)
-        a.kill()  # mid-stream
+        await wait_outcomes(crash_settings, 2000, a, b)
+        a.kill()  # mid-stream: batches of 300 are being decided
         for chunk in chunks[4:6]:
             await produce_events(crash_settings, chunk)
+        # b takes over a's partitions once a's session expires.
+        await wait_for_log(b, '"partitions assigned"', 2)
         revoked_before = b.log_text().count('"partitions revoked"')
         a2 = processor(crash_settings, tmp_path, "a")  # same state dir: a store behind the changelog
         services.append(a2)
