@@ -74,6 +74,7 @@ from aiolimiter import AsyncLimiter
 from adapters import kafka, wire
 from adapters.settings import Settings
 from adapters.store import PartitionStore, RocksPartitionStore
+from consumers.processor import observe_lag
 from domain.errors import (
     BrokerError,
     ConfigurationError,
@@ -634,6 +635,8 @@ class Deliverer(ConsumerRebalanceListener):
             with kafka.broker_errors("fetch outcomes"):
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.settings.batch_max_records)
             for tp, records in batch.items():
+                if self.metrics is not None:
+                    observe_lag(self.metrics, consumer, self.group_id, tp, records[-1].offset + 1)
                 lane = self.lanes.get(tp)
                 if lane is None or lane.revoked:
                     if tp in consumer.assignment():

@@ -290,6 +290,7 @@ class Processor(ConsumerRebalanceListener):
         m = self.metrics
         if m is None:
             return
+        observe_lag(m, self.consumer, self.group_id, tp, records[-1].offset + 1)
         m.batches_total.inc()
         m.batch_seconds.observe(seconds)
         for kind, n in stats.by_kind.items():
@@ -386,6 +387,15 @@ class Processor(ConsumerRebalanceListener):
                 # stop() does not call on_partitions_revoked: finish and close here.
                 await self.on_partitions_revoked(list(self.workers))
                 log.info("processor stopped", processed=self.processed)
+
+
+def observe_lag(metrics: Any, consumer: AIOKafkaConsumer | None, group: str, tp: TopicPartition, position: int) -> None:
+    """Consumer lag from the high watermark the last fetch reported (no extra request)."""
+    if consumer is None:
+        return
+    highwater = consumer.highwater(tp)
+    if highwater is not None:
+        metrics.consumer_lag.labels(group=group, topic=tp.topic, partition=str(tp.partition)).set(max(highwater - position, 0))
 
 
 async def restore_states(
