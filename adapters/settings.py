@@ -8,6 +8,7 @@ their ``repr`` and ``str`` are masked, so they cannot leak through logs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=65536, ge=256, description="larger events go to the DLQ")
     batch_max_records: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=100, ge=0)
+    validate_produced: Literal["all", "sample", "off"] = Field(
+        default="sample", description="re-check produced records against their schema: every one, one per batch, or none"
+    )
     state_dir: Path = Path("state")
     state_cache_size: int = Field(default=200_000, ge=0, description="invoice states kept in memory per process")
 
@@ -137,6 +141,19 @@ class Settings(BaseSettings):
             _require(self, "kafka_sasl_mechanism", why=f"security protocol {self.kafka_security_protocol}")
             if self.kafka_sasl_mechanism != "OAUTHBEARER":
                 _require(self, "kafka_sasl_username", "kafka_sasl_password", why=f"SASL {self.kafka_sasl_mechanism}")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``INVOICE_SM_*`` variables that reproduce it in a child
+    process (secrets revealed: the environment is where they belong)."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in value.items()})
+        env[env_name(name)] = str(value)
+    return env
 
 
 def env_name(field: str) -> str:

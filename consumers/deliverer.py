@@ -494,7 +494,10 @@ class Deliverer(ConsumerRebalanceListener):
             idempotency_key=job.key,
             appid=job.appid,
         )
-        return wire.encode(record)
+        encoded = wire.encode(record)
+        if self.settings.validate_produced != "off":
+            wire.validate_produced(encoded, "delivery")
+        return encoded
 
     # -- workers, committer, main loop
 

@@ -199,6 +199,7 @@ class PartitionWorker:
         with kafka.broker_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1
         batch = kafka.TxnBatch(self.producer)
+        check = settings.validate_produced
         for record in records:  # step 2
             try:
                 event = wire.decode_event(record.key, record.value, record.headers, max_bytes=max_bytes)
@@ -213,11 +214,18 @@ class PartitionWorker:
             kind = decision.kind
             by_kind[kind] += 1
             key = record.key
-            if not batch.append(topic_outcomes, outcomes_partition, key, outcome_bytes(decision, record, now, invoice)):
+            outcome = outcome_bytes(decision, record, now, invoice)
+            if not batch.append(topic_outcomes, outcomes_partition, key, outcome):
                 await batch.ship_full()
-            if kind is not _DUPLICATE:
-                if not batch.append(topic_state, partition, key, states.put(invoice, decision.state)):
-                    await batch.ship_full()
+            state = states.put(invoice, decision.state) if kind is not _DUPLICATE else None
+            if state is not None and not batch.append(topic_state, partition, key, state):
+                await batch.ship_full()
+            if check == "all" or (check == "sample" and record is records[0]):
+                # A bug that produced off-schema stops the processor here, before
+                # the commit: nothing off-schema is ever committed.
+                wire.validate_produced(outcome, "outcome")
+                if state is not None:
+                    wire.validate_produced(state, "state")
         last = await batch.flush()  # step 3
         with kafka.broker_errors("commit transaction"):
             await self.producer.send_offsets_to_transaction(  # step 4

@@ -9,20 +9,14 @@ import sys
 from pathlib import Path
 
 from adapters.settings import Settings
+from adapters.settings import settings_env as to_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SM_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, dict):
-            import json
-
-            value = json.dumps({k: (v.get_secret_value() if hasattr(v, "get_secret_value") else v) for k, v in value.items()})
-        elif hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"INVOICE_SM_{name.upper()}"] = str(value)
+    env.update(to_env(settings))
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env

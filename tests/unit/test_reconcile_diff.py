@@ -1,0 +1,312 @@
+"""The pure part of ``reconcile``: evidence in, differences and repairs out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+
+from adapters import wire
+from consumers.reconcile import (
+    Accepted,
+    Evidence,
+    EvidenceIndex,
+    RepairPlan,
+    build_report,
+    examine,
+    repair_key,
+)
+from consumers.replay import same_state, state_differences
+from domain.model import InvoiceState, idempotency_key
+from domain.status import ReimburseStatus as S
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+LONG_AGO = NOW - timedelta(hours=1)
+CARD, CODE, APPID = "pjZ8Yt7Um2jYxzneP8GomnxoVFWo", "186921658591", "wx1234567890abcdef"
+KEY = f"{CARD}/{CODE}"
+
+
+def state(status: S, version: int, ids: tuple[str, ...] = ("e1",), appid: str = APPID, card: str = CARD) -> InvoiceState:
+    return InvoiceState(card, CODE, status, version, appid, updated_at="2026-11-23T10:00:00Z", recent_event_ids=ids)
+
+
+def delivered(version: int, status: S, *, result: str = "delivered", key: str | None = None, repair: bool = False,
+              errcode: int = 0, card: str = CARD) -> wire.DeliveryRecord:
+    return wire.DeliveryRecord(
+        idempotency_key=key or idempotency_key(card, CODE, version), card_id=card, code=CODE, appid=APPID,
+        reimburse_status=status, version=version, result=result, errcode=errcode,  # type: ignore[arg-type]
+        errmsg="ok" if not errcode else "refused", attempts=1, outcome_id="o", first_attempt_at=None,
+        completed_at="2026-11-23T10:00:01Z", duration_ms=1.0, repair=repair,
+    )
+
+
+def history(*statuses: S, at: datetime = LONG_AGO) -> dict[int, Accepted]:
+    return {v: Accepted(v, s, at) for v, s in enumerate(statuses, 1)}
+
+
+def consistent(*statuses: S, wechat: S | None | bool = False, card: str = CARD) -> Evidence:
+    """An invoice moved through ``statuses``, every step delivered; WeChat asked
+    (and agreeing) unless ``wechat`` is False."""
+    final = state(statuses[-1], len(statuses), card=card)
+    ev = Evidence(final.key, rebuilt=final, rebuilt_partition=1, live=final, live_partition=1,
+                  accepted=history(*statuses),
+                  deliveries=[delivered(v, s, card=card) for v, s in enumerate(statuses, 1)])
+    if wechat is not False:
+        ev.wechat_asked, ev.wechat = True, (statuses[-1] if wechat is True else wechat)
+    return ev
+
+
+def kinds(ev: Evidence, **kw: object) -> list[str]:
+    return [d.kind for d in examine(ev, now=NOW, **kw).differences]  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ state
+
+
+def test_a_consistent_invoice_has_no_difference() -> None:
+    verdict = examine(consistent(S.LOCK, S.INIT, S.LOCK, wechat=True), now=NOW)
+    assert verdict.differences == [] and verdict.repair is None and verdict.repair_status == "none"
+
+
+def test_states_are_compared_without_updated_at() -> None:
+    a = state(S.LOCK, 1)
+    later = InvoiceState(a.card_id, a.code, a.status, a.version, a.appid, "2030-01-01T00:00:00Z", a.recent_event_ids)
+    assert same_state(a, later)
+    assert not same_state(a, state(S.LOCK, 1, ids=("e1", "e2")))
+
+
+def test_a_live_state_that_differs_is_a_state_mismatch_naming_the_fields() -> None:
+    ev = consistent(S.LOCK)
+    ev.live = state(S.INIT, 5, ids=("e1", "e9"))
+    [d] = examine(ev, now=NOW).differences
+    assert d.kind == "state_mismatch" and (d.expected, d.observed) == ("LOCK v1", "INIT v5")
+    assert "status" in d.detail and "version" in d.detail and "recent_event_ids" in d.detail
+    assert state_differences(state(S.LOCK, 1), state(S.LOCK, 1)) == []
+
+
+def test_missing_orphan_and_undecodable_live_states() -> None:
+    ev = consistent(S.LOCK)
+    ev.live, ev.live_partition = None, None
+    assert kinds(ev) == ["state_missing"]
+    ev = consistent(S.LOCK)
+    ev.rebuilt, ev.rebuilt_partition = None, None
+    assert kinds(ev) == ["state_orphan"]
+    ev = consistent(S.LOCK)
+    ev.live, ev.live_error = None, "live record does not decode: boom"
+    assert kinds(ev) == ["state_mismatch"]
+
+
+def test_an_invoice_known_only_from_deliveries_has_no_state() -> None:
+    ev = Evidence(KEY, deliveries=[delivered(1, S.LOCK)])
+    verdict = examine(ev, now=NOW)
+    assert [d.kind for d in verdict.differences] == ["state_missing"] and verdict.repair is None
+
+
+# ------------------------------------------------------------------ deliveries
+
+
+def test_a_lost_delivery_of_an_old_version_is_missing_but_needs_no_repair() -> None:
+    ev = consistent(S.LOCK, S.INIT, S.LOCK)
+    del ev.deliveries[1]
+    verdict = examine(ev, now=NOW)
+    [d] = verdict.differences
+    assert d.kind == "delivery_missing" and "[2]" in d.detail
+    assert verdict.repair is None  # the last delivered status is right
+
+
+def test_a_lost_delivery_of_the_current_version_asks_for_a_repair_from_the_last_delivered_status() -> None:
+    ev = consistent(S.LOCK, S.CLOSURE)
+    ev.deliveries.pop()
+    verdict = examine(ev, now=NOW)
+    assert [d.kind for d in verdict.differences] == ["delivery_missing"]
+    plan = verdict.repair
+    assert plan is not None and verdict.repair_status == "enqueue"
+    assert (plan.from_status, plan.to_status, plan.version, plan.reason) == (S.LOCK, S.CLOSURE, 2, "delivery_missing")
+    assert plan.idempotency_key == f"{KEY}#2~repair~LOCK" == repair_key(CARD, CODE, 2, "LOCK")
+    assert plan.partition == 1 and plan.appid == APPID
+
+
+def test_nothing_delivered_at_all_repairs_from_an_unknown_status() -> None:
+    ev = consistent(S.LOCK)
+    ev.deliveries.clear()
+    plan = examine(ev, now=NOW).repair
+    assert plan is not None and plan.idempotency_key.endswith("~repair~UNKNOWN")
+    assert plan.from_status is S.LOCK  # unknown: the state's own status
+
+
+def test_a_conflict_on_the_current_version_is_a_failed_delivery() -> None:
+    ev = consistent(S.LOCK, S.CANCEL)
+    ev.deliveries[-1] = delivered(2, S.CANCEL, result="conflict", errcode=72023)
+    verdict = examine(ev, now=NOW)
+    [d] = verdict.differences
+    assert d.kind == "delivery_failed" and "72023" in d.detail
+    assert verdict.repair is not None and verdict.repair.reason == "delivery_failed"
+
+
+def test_a_recent_accepted_outcome_without_delivery_is_in_flight_not_missing() -> None:
+    ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
+    ev.deliveries.pop()
+    ev.accepted[2] = Accepted(2, S.INIT, NOW - timedelta(seconds=5))
+    verdict = examine(ev, now=NOW, grace_s=30)
+    assert verdict.differences == [] and verdict.in_flight and verdict.repair is None
+    assert kinds(ev, grace_s=1) == ["delivery_missing", "wechat_mismatch"]
+
+
+def test_a_delivered_repair_settles_the_versions_up_to_its_own() -> None:
+    ev = consistent(S.LOCK, S.INIT, S.LOCK, wechat=True)
+    del ev.deliveries[1:]
+    ev.deliveries.append(delivered(3, S.LOCK, key=repair_key(CARD, CODE, 3, "LOCK"), repair=True))
+    assert examine(ev, now=NOW).differences == []
+
+
+# ------------------------------------------------------------------ WeChat
+
+
+def test_a_card_moved_behind_our_back_is_a_wechat_mismatch_repaired_from_what_wechat_shows() -> None:
+    ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
+    verdict = examine(ev, now=NOW)
+    [d] = verdict.differences
+    assert (d.kind, d.expected, d.observed) == ("wechat_mismatch", "INIT v2", "LOCK")
+    plan = verdict.repair
+    assert plan is not None and (plan.from_status, plan.to_status, plan.reason) == (S.LOCK, S.INIT, "wechat_mismatch")
+    assert plan.idempotency_key == f"{KEY}#2~repair~LOCK"
+
+
+def test_a_card_wechat_never_saw_is_wechat_missing_and_repaired_from_init() -> None:
+    ev = consistent(S.LOCK, wechat=None)
+    verdict = examine(ev, now=NOW)
+    assert [d.kind for d in verdict.differences] == ["wechat_missing"]
+    assert verdict.repair is not None and verdict.repair.idempotency_key.endswith("~repair~NONE")
+    assert verdict.repair.from_status is S.INIT
+
+
+def test_an_untouched_card_of_an_unmoved_invoice_is_fine() -> None:
+    ev = Evidence(KEY, rebuilt=state(S.INIT, 0), rebuilt_partition=0, live=state(S.INIT, 0), live_partition=0,
+                  wechat_asked=True, wechat=None)
+    assert examine(ev, now=NOW).differences == []
+
+
+@pytest.mark.parametrize(
+    ("statuses", "card", "why"),
+    [
+        ((S.LOCK,), S.CLOSURE, "terminal"),
+        ((S.LOCK, S.INIT), S.CANCEL, "terminal"),
+        ((S.LOCK, S.CLOSURE), S.INIT, "locked first"),
+    ],
+)
+def test_a_card_wechat_refuses_to_move_is_unrepairable(statuses: tuple[S, ...], card: S, why: str) -> None:
+    verdict = examine(consistent(*statuses, wechat=card), now=NOW)
+    assert [d.kind for d in verdict.differences] == ["wechat_mismatch", "unrepairable"]
+    assert why in verdict.differences[-1].detail
+    assert verdict.repair is None and verdict.repair_status == "unrepairable"
+
+
+def test_a_card_the_service_never_moved_is_unrepairable() -> None:
+    ev = Evidence(KEY, rebuilt=state(S.INIT, 0), rebuilt_partition=0, live=state(S.INIT, 0), live_partition=0,
+                  wechat_asked=True, wechat=S.LOCK)
+    verdict = examine(ev, now=NOW)
+    assert [d.kind for d in verdict.differences] == ["wechat_mismatch", "unrepairable"] and verdict.repair is None
+
+
+# ------------------------------------------------------------------ repeated repairs
+
+
+def test_a_repair_already_enqueued_and_not_delivered_is_pending() -> None:
+    ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
+    first = examine(ev, now=NOW).repair
+    assert first is not None
+    ev.repairs[first.idempotency_key] = first.outcome("2026-11-23T11:00:00Z").data
+    again = examine(ev, now=NOW)
+    assert again.repair_status == "pending" and again.repair == first
+
+
+def test_a_repair_wechat_refused_is_not_sent_again() -> None:
+    ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
+    plan = examine(ev, now=NOW).repair
+    assert plan is not None
+    ev.repairs[plan.idempotency_key] = plan.outcome("2026-11-23T11:00:00Z").data
+    ev.deliveries.append(delivered(2, S.INIT, key=plan.idempotency_key, repair=True, result="conflict", errcode=72023))
+    verdict = examine(ev, now=NOW)
+    assert verdict.repair_status == "unrepairable" and "refused this repair" in verdict.differences[-1].detail
+
+
+def test_a_different_divergence_gets_a_new_key() -> None:
+    ev = consistent(S.LOCK, S.INIT, S.LOCK, wechat=S.INIT)
+    plan = examine(ev, now=NOW).repair
+    assert plan is not None
+    ev.repairs[plan.idempotency_key] = plan.outcome("2026-11-23T11:00:00Z").data
+    ev.wechat = None
+    other = examine(ev, now=NOW)
+    assert other.repair_status == "enqueue" and other.repair is not None
+    assert other.repair.idempotency_key != plan.idempotency_key
+
+
+def test_the_repair_outcome_matches_the_outcome_schema() -> None:
+    plan = RepairPlan(CARD, CODE, APPID, 2, 3, S.LOCK, S.CLOSURE, "LOCK", "wechat_mismatch")
+    value = wire.encode(plan.outcome("2026-11-23T11:00:00.000Z"))
+    wire.validate_produced(value, "outcome")
+    outcome = wire.decode_outcome(value)
+    assert outcome.type == "invoice.status.repair" and outcome.subject == KEY
+    d = outcome.data
+    assert (d.event_id, d.event_type, d.trigger) == (f"repair:{KEY}#3~repair~LOCK", "invoice.reconcile.repair", "close")
+    assert (d.from_status, d.requested_status, d.to_status, d.version) == (S.LOCK, S.CLOSURE, S.CLOSURE, 3)
+    assert d.idempotency_key == f"{KEY}#3~repair~LOCK" and d.reason == "wechat_mismatch"
+
+
+# ------------------------------------------------------------------ gathering and the report
+
+
+def rec(partition: int, key: str | None, value: bytes | None) -> SimpleNamespace:
+    return SimpleNamespace(partition=partition, key=None if key is None else key.encode(), value=value)
+
+
+def test_the_index_keeps_the_latest_state_per_key_and_honours_tombstones() -> None:
+    index = EvidenceIndex()
+    index.add_state_record(rec(2, KEY, wire.encode_state(state(S.LOCK, 1))))
+    index.add_state_record(rec(2, KEY, wire.encode_state(state(S.INIT, 2))))
+    index.add_state_record(rec(0, "a/b", wire.encode_state(state(S.LOCK, 1))))
+    index.add_state_record(rec(0, "a/b", None))
+    index.add_state_record(rec(1, "c/d", b"garbage"))
+    ev = index.evidence[KEY]
+    assert ev.live is not None and ev.live.status is S.INIT and ev.live_partition == 2
+    assert index.evidence["a/b"].live is None
+    assert index.evidence["c/d"].live_error is not None
+
+
+def test_the_index_collects_accepted_outcomes_repairs_and_deliveries() -> None:
+    index = EvidenceIndex()
+    plan = RepairPlan(CARD, CODE, APPID, 0, 1, S.INIT, S.LOCK, "INIT", "wechat_mismatch")
+    accepted = wire.OutcomeEvent(
+        specversion="1.0", id="t/0/0", source=wire.OUTCOME_SOURCE, type="invoice.status.accepted",
+        time="2026-11-23T10:00:00Z", subject=KEY,
+        data=wire.OutcomeData(card_id=CARD, code=CODE, appid=APPID, event_id="e1",
+                              event_type="invoice.reimbursement.locked", from_status=S.INIT, requested_status=S.LOCK,
+                              version=1, processed_at="2026-11-23T10:00:00Z", to_status=S.LOCK),
+    )
+    index.add_outcome_record(rec(0, KEY, wire.encode(accepted)))
+    index.add_outcome_record(rec(0, KEY, wire.encode(plan.outcome("2026-11-23T11:00:00Z"))))
+    index.add_outcome_record(rec(0, KEY, b"{}"))
+    index.add_delivery_record(rec(0, KEY, wire.encode(delivered(1, S.LOCK))))
+    ev = index.evidence[KEY]
+    assert ev.accepted[1].to_status is S.LOCK and ev.accepted[1].processed_at == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert set(ev.repairs) == {plan.idempotency_key}
+    assert [d.version for d in ev.deliveries] == [1]
+    assert index.undecodable == {"outcomes": 1}
+
+
+def test_the_report_counts_every_kind_and_sorts_differences() -> None:
+    a = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
+    b = consistent(S.LOCK, card="zzz")
+    b.live = state(S.INIT, 4, card="zzz")
+    c = consistent(S.LOCK, wechat=True, card="ccc")
+    report = build_report([a, b, c], now=NOW)
+    assert report.invoices == 3 and not report.clean
+    assert [d.kind for d in report.differences] == ["state_mismatch", "wechat_mismatch"]
+    assert report.counts["state_mismatch"] == 1 and report.counts["wechat_missing"] == 0
+    assert [p.key for p in report.repairs] == [KEY]
+    data = report.to_json()
+    assert msgspec.json.decode(msgspec.json.encode(data)) == data
+    assert data["counts"]["wechat_mismatch"] == 1 and len(data["differences"]) == 2
+    assert build_report([c], now=NOW).clean

@@ -1,0 +1,55 @@
+"""``replay``'s pure parts: option parsing and deciding records as the processor does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from adapters.wire import decode_event
+from consumers.replay import ReplayStore, decide_records, parse_offsets, parse_time
+from domain.decide import fold
+from domain.errors import ConfigurationError
+from domain.model import DecisionKind
+from tests.factories import encode, random_stream
+from tests.malformed import malformed_cases
+
+
+def test_offsets_parse_and_refuse_garbage() -> None:
+    assert parse_offsets("0:120, 3:7") == {0: 120, 3: 7}
+    for bad in ("", "0", "a:1", "1:-2"):
+        with pytest.raises(ConfigurationError):
+            parse_offsets(bad)
+
+
+def test_times_without_a_zone_are_utc() -> None:
+    assert parse_time("2026-11-23T10:00:00") == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert parse_time("2026-11-23T18:00:00+08:00").utcoffset() == timedelta(hours=8)
+    assert parse_time("2026-11-23T10:00:00Z").tzinfo is not None
+    assert parse_time("2026-11-23T10:00:00+00:00").tzinfo == UTC
+    with pytest.raises(ConfigurationError):
+        parse_time("yesterday")
+
+
+def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reason() -> None:
+    events = list(random_stream(3000, 100, seed=3))
+    records = [SimpleNamespace(key=k, value=v, headers=[]) for k, v in map(encode, events)]
+    bad = malformed_cases()
+    records += [SimpleNamespace(key=k, value=v, headers=h) for _, k, v, h, _ in bad]
+    store = ReplayStore(None)
+    states = store.partition(0)
+    by_kind = {k.value: 0 for k in DecisionKind}
+    invalid: dict[str, int] = {}
+    decide_records(records, states, by_kind, invalid, max_bytes=65536, now="2026-11-23T10:00:00Z")
+
+    expected = fold(decode_event(*encode(ev)) for ev in events)
+    rebuilt = {s.key: s for _, s in store.items()}
+    assert {k: (s.status, s.version, s.recent_event_ids) for k, s in rebuilt.items()} == {
+        k: (s.status, s.version, s.recent_event_ids) for k, s in expected.items()
+    }
+    assert sum(by_kind.values()) == len(events)
+    expected_reasons: dict[str, int] = {}
+    for *_, reason in bad:
+        expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
+    assert invalid == expected_reasons
