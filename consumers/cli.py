@@ -8,12 +8,9 @@ with exit code 2 and a message naming it; secrets are never printed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from adapters.settings import ENV_PREFIX, Settings, load_settings
 from domain.errors import ConfigurationError, InvoiceSmError

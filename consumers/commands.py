@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 from adapters.settings import Settings
 from consumers.cli import EXIT_FAILED, EXIT_OK, arguments, command

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable

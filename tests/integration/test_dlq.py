@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -16,37 +12,12 @@ import pytest
 from adapters import wire
 from adapters.settings import Settings
 from consumers.dlq import REINJECTED_HEADER
-from consumers.processor import Processor
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event
 from tests.support.kafka_io import produce, read_topic, values, wait_for_count
-from tests.support.processes import REPO, settings_env
+from tests.support.services import running, run_cli
 
 pytestmark = pytest.mark.broker
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Processor]:
-    processor = Processor(settings, in_memory_state=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        yield processor
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``invoice-sm ARGS`` in a child process without blocking the test's loop
-    (the processor keeps running in it meanwhile)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers.cli", *args, cwd=REPO, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
 
 
 def dlq_lines(stdout: str) -> list[wire.DlqRecord]:

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
 from adapters.settings import Settings
 from adapters.wire import DLQ_HEADERS
-from consumers.processor import Processor
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event
 from tests.malformed import binary_mode_valid, malformed_cases
 from tests.support.kafka_io import produce, produce_events, read_topic, values, wait_for_count
+from tests.support.services import running
 
 pytestmark = pytest.mark.broker
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings, **kwargs: object) -> AsyncIterator[Processor]:
-    processor = Processor(settings, **kwargs)  # type: ignore[arg-type]
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        yield processor
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 async def test_lifecycle_of_one_invoice(settings: Settings) -> None:

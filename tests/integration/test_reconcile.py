@@ -11,11 +11,8 @@ afterwards finds nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,32 +35,9 @@ from tests.support.kafka_io import (
     values,
     wait_for_count,
 )
-from tests.support.processes import REPO, settings_env
+from tests.support.services import running, run_cli
 
 pytestmark = pytest.mark.broker
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Processor]:
-    processor = Processor(settings, in_memory_state=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        yield processor
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``invoice-sm ARGS`` in a child process without blocking the test's loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers.cli", *args, cwd=REPO, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

@@ -2,61 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from adapters import wire
 from adapters.settings import Settings
-from consumers.processor import Processor
 from consumers.replay import replay, same_state, scan
-from domain.model import InvoiceState
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event, random_stream
 from tests.malformed import malformed_cases
 from tests.support.kafka_io import produce, read_topic, values, wait_for_count
-from tests.support.processes import REPO, settings_env
+from tests.support.services import running, run_cli, live_states
 
 pytestmark = pytest.mark.broker
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Processor]:
-    processor = Processor(settings, in_memory_state=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    try:
-        yield processor
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-async def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``invoice-sm ARGS`` in a child process without blocking the test's loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers.cli", *args, cwd=REPO, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
-
-
-async def live_states(settings: Settings) -> dict[str, InvoiceState]:
-    """The latest invoice.state record per key."""
-    out: dict[str, InvoiceState] = {}
-    for record in await read_topic(settings, settings.topic_state):
-        assert record.key is not None and record.value is not None
-        out[record.key.decode()] = wire.decode_state(record.value)
-    return out
 
 
 def mixed_records(n_events: int, n_invoices: int, seed: int, max_bytes: int) -> tuple[list, int]:

@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from adapters import kafka
