@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 def command(name: str, help_text: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     def register(fn: Callable[..., int]) -> Callable[..., int]:
+        if name in COMMANDS and COMMANDS[name][2] is not fn:
+            raise RuntimeError(f"two commands are named {name!r}")
         COMMANDS[name] = (help_text, getattr(fn, "arguments", lambda p: None), fn)
         return fn
 
