@@ -353,3 +353,48 @@ async def read_to_end(
                 with broker_errors(f"position in {topic}"):
                     if await consumer.position(tp) >= todo[tp]:
                         del todo[tp]
+
+
+async def pipeline_partitions(
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    start_batch: Any,
+    *,
+    timeout_ms: int,
+    max_records: int,
+    fatal: Any = lambda: None,
+) -> None:
+    """Fetch for the partitions with no batch in flight; each fetched batch runs
+    as its own task, so one partition's commit never holds up the others.
+
+    ``start_batch(tp, records)`` returns an awaitable for the batch, or
+    ``None`` when the partition is not ready (it must rewind the records
+    itself). At most one batch per partition is in flight, so each
+    partition's records are still decided strictly in offset order.
+    ``fatal()`` returns an exception to raise, if any. On return no batch is
+    in flight.
+    """
+    busy: dict[TopicPartition, asyncio.Task[Any]] = {}
+    try:
+        while not stop.is_set():
+            error = fatal()
+            if error is not None:
+                raise error
+            for tp, task in list(busy.items()):
+                if task.done():
+                    del busy[tp]
+                    task.result()  # a batch's unexpected error stops the loop
+            idle = [tp for tp in consumer.assignment() if tp not in busy]
+            if not idle:
+                await asyncio.wait(busy.values(), timeout=timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            with broker_errors("fetch"):
+                fetched = await consumer.getmany(*idle, timeout_ms=timeout_ms, max_records=max_records)
+            for tp, records in fetched.items():
+                if records:
+                    job = start_batch(tp, records)
+                    if job is not None:
+                        busy[tp] = asyncio.ensure_future(job)
+    finally:
+        if busy:
+            await asyncio.gather(*busy.values(), return_exceptions=True)

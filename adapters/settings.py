@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         default="sample", description="re-check produced records against their schema: every one, one per batch, or none"
     )
     state_dir: Path = Path("state")
-    state_cache_size: int = Field(default=200_000, ge=0, description="invoice states kept in memory per process")
+    state_cache_size: int = Field(default=200_000, ge=0, description="decoded invoice states kept in memory per process (shared by its partitions)")
 
     # Deliverer
     deliverer_group_id: str = "invoice-sm-deliverer"

@@ -222,6 +222,11 @@ class InvoiceStates:
     def discard(self) -> None:
         self.pending.clear()
 
+    def resize(self, cache_size: int) -> None:
+        self._cache_size = cache_size
+        while len(self._cache) > max(cache_size, 0):
+            self._cache.popitem(last=False)
+
     def clear_cache(self) -> None:
         self._cache.clear()
 

@@ -11,8 +11,8 @@ store leave us. What it does, line for line like ``consumers/processor.py``:
   (``adapters.kafka.new_transactional_producer`` with
   ``transactional_id(group, topic, partition)``), started (InitProducerId)
   before any record of that partition is handled; seek to the committed offset;
-- main loop: ``getmany(timeout_ms=batch_timeout_ms, max_records=batch_max_records)``,
-  then for every partition in the fetch, concurrently (``asyncio.gather``):
+- main loop: the processor's ``adapters.kafka.pipeline_partitions`` (fetch for
+  partitions with no batch in flight, each batch its own task), and per batch:
   ``begin_transaction``; for each record append an *outcome* record to the
   outcomes topic and a *state* record to the state topic, both keyed by the
   input key, on the input's partition number, through ``adapters.kafka.TxnBatch``
@@ -33,6 +33,7 @@ stops it cleanly.
 
 from __future__ import annotations
 
+from typing import Any
 import argparse
 import asyncio
 import contextlib
@@ -97,22 +98,24 @@ class CeilingPipe(ConsumerRebalanceListener):
         await producer.commit_transaction()  # type: ignore[attr-defined]
         self.processed += len(records)
 
+    def _start_batch(self, tp: Any, records: Any) -> Any:
+        if tp in self.producers:
+            return self.pipe(tp, records)
+        self.consumer.seek(tp, records[0].offset)
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         consumer = self.consumer
         consumer.subscribe([settings.topic_events], listener=self)
         async with kafka.started(consumer):
             try:
-                while not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records)
-                    jobs = []
-                    for tp, records in batch.items():
-                        if tp in self.producers:
-                            jobs.append(self.pipe(tp, records))
-                        else:
-                            consumer.seek(tp, records[0].offset)
-                    if jobs:
-                        await asyncio.gather(*jobs)
+                # The processor's own loop (adapters.kafka.pipeline_partitions):
+                # the ceiling pipelines partitions exactly as the processor does.
+                await kafka.pipeline_partitions(
+                    consumer, stop, self._start_batch,
+                    timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records,
+                )
             finally:
                 await self.on_partitions_revoked(list(self.producers))
 

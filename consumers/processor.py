@@ -343,7 +343,12 @@ class Processor(ConsumerRebalanceListener):
             # failed to open would then be silently ignored. Stop instead.
             self._fatal = exc
             raise
-        log.info("partitions assigned", partitions=sorted(tp.partition for tp in new))
+        # The cache budget is per process: share it among the partitions held now.
+        share = self.settings.state_cache_size // max(len(self.workers), 1)
+        for worker in self.workers.values():
+            if worker.states is not None:
+                worker.states.resize(share)
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in new), cache_per_partition=share)
         self._gauge_assigned()
 
     def _gauge_assigned(self) -> None:
@@ -355,6 +360,13 @@ class Processor(ConsumerRebalanceListener):
         await restore_states(self.settings, states, metrics=self.metrics)
 
     # -- main loop
+
+    def _start_batch(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> Any:
+        worker = self.workers.get(tp)
+        if worker is None:
+            self.seek(tp, records[0].offset)  # fetched before the worker was ready: rewind, never drop
+            return None
+        return worker.process(records)
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -372,24 +384,14 @@ class Processor(ConsumerRebalanceListener):
             log.info("processor started", group=self.group_id, topic=settings.topic_events)
             self.ready.set()
             try:
-                while not stop.is_set():
-                    if self._fatal is not None:
-                        raise self._fatal
-                    with kafka.broker_errors("fetch"):
-                        batch = await consumer.getmany(
-                            timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
-                        )
-                    if not batch:
-                        continue
-                    jobs = []
-                    for tp, records in batch.items():
-                        worker = self.workers.get(tp)
-                        if worker is not None:
-                            jobs.append(worker.process(records))
-                        else:
-                            # Fetched before the worker was ready: rewind, never drop.
-                            self.seek(tp, records[0].offset)
-                    await asyncio.gather(*jobs)
+                await kafka.pipeline_partitions(
+                    consumer,
+                    stop,
+                    self._start_batch,
+                    timeout_ms=settings.batch_timeout_ms,
+                    max_records=settings.batch_max_records,
+                    fatal=lambda: self._fatal,
+                )
             finally:
                 self.ready.clear()
                 # stop() does not call on_partitions_revoked: finish and close here.
