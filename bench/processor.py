@@ -52,7 +52,7 @@ RSS sampled every 50 ms with psutil; once its partitions are assigned the RSS
 is noted ("loaded"), then ``V`` events (default 1M) on invoices drawn
 uniformly among the ``N`` are published and processed to the end (peak RSS
 over the whole life). The processor's LRU caches (``state_cache_size`` per
-partition) fill with the touched invoices, so the count of states cached at
+process, shared by its partitions) fill with the touched invoices, so the count of states cached at
 the end and the RSS growth per cached state are reported too.
 Every pre-built state has version >= 5, so the share of outcomes with
 version >= 5 proves the decisions read the pre-built state.
@@ -748,15 +748,15 @@ async def rss_one(ctx: BenchContext, n_invoices: int, n_events: int) -> dict[str
 
 
 def _cached_states(touched: set[int], cache_size: int) -> int:
-    """Decoded states the processor's LRU caches hold at the end: each partition's
-    ``InvoiceStates`` keeps up to ``state_cache_size`` (per partition, not per process)."""
+    """Decoded states the processor's LRU caches hold at the end: the process's
+    ``state_cache_size`` is shared evenly by the partitions it holds."""
     from tests.factories import card
 
     per_partition = [0] * PARTITIONS
     for n in touched:
         c, code = card(n)
         per_partition[common.partition_for(f"{c}/{code}".encode(), PARTITIONS)] += 1
-    return sum(min(x, cache_size) for x in per_partition)
+    return sum(min(x, cache_size // PARTITIONS) for x in per_partition)
 
 
 async def _share_from_prebuilt(settings: Any) -> float:
