@@ -26,6 +26,11 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     token_refreshes_total{appid,mode}
     parked_appids, parked_appid{appid}    1 while an appid is parked on quota
     assigned_partitions{role}             processor|deliverer
+    partition_stalled{role,partition,reason}  1 while a partition cannot make progress
+                                          (fenced|broker_unavailable|producer_fatal|txn_timeout|unauthorized)
+    broker_retries_total{role,reason}     Kafka operations retried (one per attempt; logged once per change)
+    producer_replacements_total{role,reason}  transactional producers replaced after a fatal state or timeout
+    dlq_truncated_total                   DLQ copies cut to fit the broker's limit (size and hash in headers)
     ready                                 1 while every readiness check passes
 """
 
@@ -43,6 +48,7 @@ __all__ = [
     "EVENT_OUTCOMES",
     "NAMESPACE",
     "ROLES",
+    "STALL_REASONS",
     "WECHAT_LATENCY_BUCKETS",
     "Metrics",
 ]
@@ -54,6 +60,7 @@ DELIVERY_RESULTS: Final = ("delivered", "already_applied", "conflict", "failed")
 ERRCODE_CLASSES: Final = ("ok", "token", "transient", "quota", "conflict", "permanent", "network")
 ATTEMPT_KINDS: Final = ("first", "retry")
 ROLES: Final = ("processor", "deliverer")
+STALL_REASONS: Final = ("fenced", "broker_unavailable", "producer_fatal", "txn_timeout", "unauthorized")
 
 # WeChat answers in tens of milliseconds on a good day and the client times
 # out at a few seconds: 5 ms to 10 s, roughly x2-x2.5 per step.
@@ -153,6 +160,26 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "assigned_partitions", "Partitions assigned to this instance, by role", ["role"], namespace=ns, registry=r
         )
+        self.partition_stalled = Gauge(
+            "partition_stalled",
+            "1 while a partition cannot make progress, by reason",
+            ["role", "partition", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.broker_retries_total = Counter(
+            "broker_retries", "Kafka operations retried after an error, by reason", ["role", "reason"], namespace=ns, registry=r
+        )
+        self.producer_replacements_total = Counter(
+            "producer_replacements",
+            "Transactional producers replaced after a fatal state or a transaction timeout",
+            ["role", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.dlq_truncated_total = Counter(
+            "dlq_truncated", "DLQ copies whose value was cut to fit the broker's limit", namespace=ns, registry=r
+        )
         self.ready = Gauge("ready", "1 while the component is ready", namespace=ns, registry=r)
 
         for outcome in EVENT_OUTCOMES:
@@ -165,6 +192,8 @@ class Metrics:
             self.delivery_attempts_total.labels(kind)
         for role in ROLES:
             self.assigned_partitions.labels(role)
+            for reason in STALL_REASONS:
+                self.broker_retries_total.labels(role, reason)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format (0.0.4)."""
