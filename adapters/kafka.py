@@ -23,24 +23,38 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 from aiokafka.helpers import create_ssl_context
 
 from adapters.settings import Settings
-from domain.errors import BrokerError, ConfigurationError, FencedError
+from domain.errors import AccessDeniedError, BrokerError, ConfigurationError, FencedError, ProducerFailedError
 
-_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
+_DENIED = (TransactionalIdAuthorizationFailed, GroupAuthorizationFailedError, TopicAuthorizationFailedError)
 
 
 def translate(exc: BaseException, what: str) -> BrokerError:
-    """An aiokafka exception as one of ours (the caller raises it ``from exc``)."""
+    """An aiokafka exception as one of ours (the caller raises it ``from exc``).
+
+    A bumped epoch reads as fencing here; whether a newer owner did it or the
+    broker timed our transaction out is for the caller to tell (it knows how
+    long the transaction was open).
+    """
     if isinstance(exc, _FENCED):
-        return FencedError(f"{what}: fenced by a newer owner ({type(exc).__name__})")
+        return FencedError(f"{what}: producer epoch bumped ({type(exc).__name__})")
+    if isinstance(exc, _DENIED):
+        return AccessDeniedError(f"{what}: refused by the cluster's ACLs ({type(exc).__name__})")
+    if isinstance(exc, AssertionError):
+        # aiokafka guards its transaction state machine with asserts
+        # ("Invalid state transition FATAL_ERROR -> IN_TRANSACTION").
+        return ProducerFailedError(f"{what}: producer unusable: {exc}")
     return BrokerError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -50,6 +64,23 @@ def broker_errors(what: str) -> Any:
         yield
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
         raise translate(exc, what) from exc
+
+
+@contextlib.contextmanager
+def transaction_errors(what: str) -> Any:
+    """``broker_errors`` for calls on a transactional producer, whose own state
+    checks are assertions."""
+    try:
+        yield
+    except (KafkaError, OSError, asyncio.TimeoutError, AssertionError) as exc:
+        raise translate(exc, what) from exc
+
+
+def producer_is_fatal(producer: AIOKafkaProducer) -> bool:
+    """Whether aiokafka put this transactional producer in its fatal state
+    (after which every call fails and only a new producer helps)."""
+    manager = getattr(producer, "_txn_manager", None)
+    return bool(manager is not None and manager.is_fatal_error())
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -89,7 +120,7 @@ def new_transactional_producer(settings: Settings, txn_id: str, **overrides: Any
         "max_batch_size": 512 * 1024,
         "max_request_size": 4 * 1024 * 1024,
         "request_timeout_ms": 30000,
-        "transaction_timeout_ms": 60000,
+        "transaction_timeout_ms": settings.kafka_transaction_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**client_options(settings), **options)
@@ -247,7 +278,7 @@ class TxnBatch:
         count = self._counts.pop(slot)
         if count:
             builder.close()
-            with broker_errors(f"send to {slot[0]}"):
+            with transaction_errors(f"send to {slot[0]}"):
                 future = await self._producer.send_batch(builder, slot[0], partition=slot[1])
             self._futures.append((slot, count, future))
 
@@ -256,7 +287,7 @@ class TxnBatch:
         for slot in list(self._builders):
             await self._ship(slot)
         last: dict[tuple[str, int], int] = {}
-        with broker_errors("deliver batch"):
+        with transaction_errors("deliver batch"):
             for slot, count, future in self._futures:
                 metadata = await future
                 last[slot] = max(last.get(slot, -1), metadata.offset + count - 1)
@@ -304,6 +335,35 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
         if d["topic"] == topic and not d.get("error_code"):
             return sorted(p["partition"] for p in d["partitions"])
     return []
+
+
+#: What a broker accepts when a topic does not say (Kafka's message.max.bytes default).
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+async def max_message_bytes(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``: the largest record batch the broker
+    takes for it (a larger one is refused, and a transaction holding it can
+    never commit)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    with broker_errors("connect to Kafka"):
+        await admin.start()
+    try:
+        with broker_errors("describe topic configs"):
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    finally:
+        await admin.close()
+    limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
+    for response in responses:
+        for resource in response.resources:
+            # (error_code, error_message, resource_type, resource_name, config_entries)
+            name, entries = resource[3], resource[4]
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None and name in limits:
+                    limits[name] = int(entry[1])
+    return limits
 
 
 async def read_to_end(

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_client_id: str = "invoice-sm"
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, description="how soon a dead instance's partitions move")
+    kafka_transaction_timeout_ms: int = Field(
+        default=60_000, ge=1000, description="the broker aborts a transaction open longer than this (the processor then re-initialises)"
+    )
 
     # Topics
     topic_events: str = "invoice.events"

@@ -36,8 +36,12 @@ class PartitionStore(ABC):
     def get(self, key: bytes) -> bytes | None: ...
 
     @abstractmethod
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
-        """Write ``items`` and (unless ``None``) the new offset atomically."""
+    def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
+        """Write ``items`` and (unless ``None``) the new offset atomically.
+
+        A ``None`` value is a changelog tombstone: the key is deleted, as a
+        compacted topic (and ``reconcile``) treats it.
+        """
 
     @abstractmethod
     def delete(self, keys: Iterable[bytes]) -> None: ...
@@ -70,8 +74,13 @@ class MemoryPartitionStore(PartitionStore):
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
-        self._data.update(items)
+    def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
+        data = self._data
+        for key, value in items:
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
         if changelog_offset is not None:
             self._offset = changelog_offset
 
@@ -131,12 +140,15 @@ class RocksPartitionStore(PartitionStore):
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def apply(self, items: Iterable[tuple[bytes, bytes]], changelog_offset: int | None) -> None:
+    def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         from rocksdict import WriteBatch
 
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         if changelog_offset is not None:
             batch.put(_OFFSET_KEY, str(changelog_offset).encode())
         self._db.write(batch)

@@ -14,21 +14,34 @@ cannot be decided raises ``InvalidEventError`` whose ``reason`` is one of
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from domain.errors import InvalidEventError
-from domain.model import InvoiceState, LifecycleEvent, invoice_key
+from domain.model import Decision, DecisionKind, InvoiceState, LifecycleEvent, invoice_key
 from domain.status import EVENT_TYPE_TARGETS, ReimburseStatus
 
-#: Card ids, codes and appids are short tokens; ``/`` would break the key.
-Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
-EventId = Annotated[str, Meta(min_length=1, max_length=256)]
-Rfc3339 = Annotated[
-    str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
-]
+#: Patterns are written once for both engines that read them: msgspec checks
+#: them with Python's ``re.search`` and the JSON Schemas hand them to ECMA-262
+#: validators. ``$(?!\n)`` is the true end in both (Python's bare ``$`` also
+#: matches before a trailing newline), and ``[0-9]`` is ASCII where ``\d`` is not.
+_END = r"$(?!\n)"
+#: Card ids, codes and appids are short ASCII tokens; ``/`` would break the key.
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}" + _END
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})" + _END
+)
+#: Event ids are opaque but printable: a control character in an id would end
+#: up in outcomes, logs and DLQ headers.
+EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}" + _END
+Token = Annotated[str, Meta(pattern=TOKEN_PATTERN)]
+EventId = Annotated[str, Meta(pattern=EVENT_ID_PATTERN)]
+Rfc3339 = Annotated[str, Meta(pattern=RFC3339_PATTERN)]
 Version = Annotated[int, Meta(ge=0)]
 
 SPECVERSION = "1.0"
@@ -41,10 +54,12 @@ DLQ_REASONS: dict[str, str] = {
     "not_utf8": "the value is not UTF-8",
     "not_json": "the value is not JSON",
     "not_cloudevent": "the JSON is not a CloudEvents 1.0 event (missing or mistyped attribute)",
-    "unsupported_content_type": "the content-type header is not JSON",
+    "unsupported_content_type": "the content-type (header or datacontenttype) is not JSON, or names a CloudEvents mode other than structured JSON",
     "unknown_type": "the event type is not one invoice-sm knows",
     "invalid_data": "data is missing a field, has a malformed one, or contradicts the type",
-    "key_mismatch": "the Kafka key is missing or is not the invoice key card_id/code",
+    "key_mismatch": "the Kafka key (the CloudEvents partitionkey) is missing or is not the invoice key card_id/code",
+    "bad_header": "a header name is not UTF-8, or a ce_* header is empty or not UTF-8",
+    "unreadable_record": "the Kafka client could not parse the record itself (kept by position, raw bytes where they could be had)",
 }
 
 
@@ -64,11 +79,17 @@ class CloudEvent(Struct, frozen=True, forbid_unknown_fields=False):
     specversion: Literal["1.0"]
     id: EventId
     source: Annotated[str, Meta(min_length=1, max_length=1024)]
-    type: str
-    data: EventData
+    type: Annotated[str, Meta(max_length=256)]
+    data: EventData | None = None
     time: Rfc3339 | None = None
-    subject: str | None = None
-    datacontenttype: str | None = None
+    subject: Annotated[str, Meta(max_length=256)] | None = None
+    datacontenttype: Annotated[str, Meta(max_length=256)] | None = None
+    #: Structured mode may carry the data base64-encoded instead (the
+    #: CloudEvents SDKs do so for bytes); it must decode to the same object.
+    data_base64: Annotated[str, Meta(max_length=262144)] | None = None
+    #: The CloudEvents Kafka binding's partitioning extension: when present
+    #: it names the Kafka key, which must be the invoice key.
+    partitionkey: Annotated[str, Meta(max_length=256)] | None = None
 
 
 # ------------------------------------------------------------------- outcomes
@@ -196,7 +217,85 @@ DLQ_HEADERS = {
     "source_partition": "dlq.source.partition",
     "source_offset": "dlq.source.offset",
     "failed_at": "dlq.failed.at",
+    # Only on a copy cut to fit the broker's limit: the original size and
+    # SHA-256 let anyone match it with the producer's own copy.
+    "value_truncated": "dlq.value.truncated",
+    "value_original_size": "dlq.value.original.size",
+    "value_sha256": "dlq.value.sha256",
+    "headers_dropped": "dlq.headers.dropped",
 }
+
+#: Per-record framing of the v2 record format beyond key, value and header
+#: bytes (length, attributes, deltas, varints), and a batch header: generous.
+_RECORD_OVERHEAD = 64
+_BATCH_OVERHEAD = 128
+#: Original headers keep at most this share of a DLQ record's budget.
+_HEADER_BUDGET_SHARE = 4
+
+def _safe_header_name(name: str) -> str:
+    """A header name the producer can write back: one aiokafka read with
+    ``surrogateescape`` (not UTF-8 on the wire) is written escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+    return name
+
+
+def dlq_copy(
+    record: object, error: BaseException, reason: str, failed_at: str, *, max_record_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], bool]:
+    """The DLQ record of a refused input: ``(key, value, headers, truncated)``.
+
+    The original key, value and headers are kept byte for byte when they fit
+    ``max_record_bytes`` (the DLQ topic's ``max.message.bytes`` less framing);
+    otherwise the value is cut and its original size and SHA-256 recorded, and
+    original headers beyond a quarter of the budget are dropped (and counted):
+    a copy the broker refuses would abort the batch forever.
+    """
+    topic, partition, offset = record.topic, record.partition, record.offset  # type: ignore[attr-defined]
+    key: bytes | None = record.key  # type: ignore[attr-defined]
+    value: bytes | None = record.value  # type: ignore[attr-defined]
+    h = DLQ_HEADERS
+    ours: list[tuple[str, bytes | None]] = [
+        (h["reason"], reason.encode()),
+        (h["error_class"], type(error).__name__.encode()),
+        (h["error_message"], str(error)[:1000].encode("utf-8", "replace")),
+        (h["source_topic"], topic.encode()),
+        (h["source_partition"], str(partition).encode()),
+        (h["source_offset"], str(offset).encode()),
+        (h["failed_at"], failed_at.encode()),
+    ]
+    budget = max_record_bytes - _BATCH_OVERHEAD - _RECORD_OVERHEAD - 512  # 512: room for the truncation headers
+    budget -= sum(len(k) + len(v or b"") + 8 for k, v in ours)
+    originals: list[tuple[str, bytes | None]] = []
+    header_budget = budget // _HEADER_BUDGET_SHARE
+    dropped = 0
+    for name, header_value in record.headers or ():  # type: ignore[attr-defined]
+        safe = _safe_header_name(name)
+        size = len(safe.encode()) + len(header_value or b"") + 8
+        if size > header_budget:
+            dropped += 1
+            continue
+        header_budget -= size
+        budget -= size
+        originals.append((safe, header_value))
+    if key is not None and len(key) > budget // 2:
+        key = key[: budget // 2]
+    budget -= len(key or b"")
+    truncated = value is not None and len(value) > budget
+    if truncated:
+        assert value is not None
+        ours += [
+            (h["value_truncated"], b"true"),
+            (h["value_original_size"], str(len(value)).encode()),
+            (h["value_sha256"], hashlib.sha256(value).hexdigest().encode()),
+        ]
+        value = value[: max(budget, 0)]
+    if dropped:
+        ours.append((h["headers_dropped"], str(dropped).encode()))
+    return key, value, originals + ours, truncated
+
 
 SCHEMA_TYPES: dict[str, type] = {
     "event": CloudEvent,
@@ -216,32 +315,64 @@ _outcome_decoder = msgspec.json.Decoder(OutcomeEvent)
 _delivery_decoder = msgspec.json.Decoder(DeliveryRecord)
 _encoder = msgspec.json.Encoder()
 
-_CE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject")
+_CE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_partitionkey")
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+
+Headers = list[tuple[str, bytes | None]] | tuple[tuple[str, bytes | None], ...] | None
 
 
-def _header_dict(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...] | None) -> dict[str, bytes]:
-    return {k.lower(): v for k, v in headers} if headers else {}
+def _header_map(headers: Headers) -> dict[str, bytes | None]:
+    """Headers by lower-case name (the binding's names are case-insensitive).
+
+    A name aiokafka could only read with ``surrogateescape`` (not UTF-8 on
+    the wire) makes the record undecidable: which header was meant is unknowable.
+    """
+    out: dict[str, bytes | None] = {}
+    for name, value in headers or ():
+        if not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidEventError("bad_header", f"header name {name.encode('utf-8', 'backslashreplace')[:80]!r} is not UTF-8") from None
+        out[name.lower()] = value
+    return out
 
 
 def _diagnose(value: bytes, exc: Exception) -> InvalidEventError:
     """Name the first thing wrong with a value the typed decoder refused.
 
-    Only runs for bad input, so it may take the slow way.
+    Only runs for bad input, so it may take the slow way: the valid event
+    never pays for this.
     """
+    if isinstance(exc, RecursionError):
+        return InvalidEventError("not_json", "JSON nested too deeply to decode")
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as err:
         return InvalidEventError("not_utf8", f"invalid UTF-8 at byte {err.start}")
     try:
         raw = _any_decoder.decode(value)
-    except msgspec.DecodeError as err:
-        return InvalidEventError("not_json", str(err))
+    except RecursionError:
+        return InvalidEventError("not_json", "JSON nested too deeply to decode")
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        return InvalidEventError("not_json", str(err)[:500])
     if not isinstance(raw, dict):
         return InvalidEventError("not_cloudevent", f"expected a JSON object, got {type(raw).__name__}")
-    message = str(exc)
+    message = str(exc)[:500]
     if "$.data" in message:
         return InvalidEventError("invalid_data", message)
     return InvalidEventError("not_cloudevent", message)
+
+
+def _decode_data_base64(encoded: str) -> EventData:
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidEventError("invalid_data", "data_base64 is not base64") from None
+    try:
+        return _data_decoder.decode(raw)
+    except _DECODE_ERRORS as exc:
+        raise InvalidEventError("invalid_data", f"data_base64 does not hold the data object: {str(exc)[:300]}") from None
 
 
 def _to_domain(event: CloudEvent, key: bytes | None) -> LifecycleEvent:
@@ -249,6 +380,15 @@ def _to_domain(event: CloudEvent, key: bytes | None) -> LifecycleEvent:
     if target is KeyError:
         raise InvalidEventError("unknown_type", f"type {event.type[:100]!r} is not an invoice lifecycle event")
     data = event.data
+    if data is None:
+        if event.data_base64 is None:
+            raise InvalidEventError("invalid_data", "the event has neither data nor data_base64")
+        data = _decode_data_base64(event.data_base64)
+    elif event.data_base64 is not None:
+        raise InvalidEventError("not_cloudevent", "the event has both data and data_base64")
+    content_type = event.datacontenttype
+    if content_type is not None and "json" not in content_type.lower():
+        raise InvalidEventError("unsupported_content_type", f"datacontenttype {content_type[:80]!r} is not JSON")
     requested = data.reimburse_status
     if target is None:
         if requested is None:
@@ -259,9 +399,14 @@ def _to_domain(event: CloudEvent, key: bytes | None) -> LifecycleEvent:
         requested = target
     expected = invoice_key(data.card_id, data.code)
     if key is None:
-        raise InvalidEventError("key_mismatch", f"record has no key; expected {expected!r}")
+        raise InvalidEventError(
+            "key_mismatch",
+            f"record has no key; set the Kafka key (with the CloudEvents SDK: the partitionkey extension) to {expected!r}",
+        )
     if key != expected.encode():
         raise InvalidEventError("key_mismatch", f"key {key[:140]!r} is not the invoice key {expected!r}")
+    if event.partitionkey is not None and event.partitionkey != expected:
+        raise InvalidEventError("key_mismatch", f"partitionkey {event.partitionkey[:140]!r} is not the invoice key {expected!r}")
     if event.subject is not None and event.subject != expected:
         raise InvalidEventError("invalid_data", f"subject {event.subject[:140]!r} is not the invoice key {expected!r}")
     return LifecycleEvent(
@@ -275,50 +420,77 @@ def _to_domain(event: CloudEvent, key: bytes | None) -> LifecycleEvent:
     )
 
 
-def decode_event(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...] | None = None,
-    *,
-    max_bytes: int = 65536,
-) -> LifecycleEvent:
-    """Decode and validate one ``invoice.events`` record, or raise ``InvalidEventError``."""
+def decode_event(key: bytes | None, value: bytes | None, headers: Headers = None, *, max_bytes: int = 65536) -> LifecycleEvent:
+    """Decode and validate one ``invoice.events`` record, or raise ``InvalidEventError``.
+
+    The mode follows the CloudEvents Kafka binding: a ``content-type`` of
+    ``application/cloudevents...`` is structured mode whatever other headers
+    say; otherwise ``ce_specversion`` means binary mode; a record with
+    neither is read as structured JSON (producers that set no headers).
+    """
     if not value:
         raise InvalidEventError("empty_value", "record value is null or empty")
     if len(value) > max_bytes:
-        raise InvalidEventError("oversized", f"{len(value)} bytes > limit {max_bytes}")
-    hdrs = _header_dict(headers) if headers else None
-    if hdrs and "ce_specversion" in hdrs:
-        return _decode_binary(key, value, hdrs)
-    if hdrs:
+        raise InvalidEventError("oversized", f"{len(value)} bytes > limit {max_bytes} (INVOICE_SM_MAX_EVENT_BYTES)")
+    if headers:
+        hdrs = _header_map(headers)
         content_type = hdrs.get("content-type")
-        if content_type is not None and b"json" not in content_type.lower():
-            raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}")
+        if content_type is not None:
+            lowered = content_type.lower()
+            if lowered.startswith(b"application/cloudevents"):
+                if not lowered.startswith(STRUCTURED_CONTENT_TYPE.encode()) or lowered.startswith(b"application/cloudevents-batch"):
+                    raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}: only structured JSON mode is read")
+            elif "ce_specversion" in hdrs:
+                return _decode_binary(key, value, hdrs)
+            elif b"json" not in lowered:
+                raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}")
+        elif "ce_specversion" in hdrs:
+            return _decode_binary(key, value, hdrs)
     try:
         event = _event_decoder.decode(value)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _diagnose(value, exc) from None
     return _to_domain(event, key)
 
 
-def _decode_binary(key: bytes | None, value: bytes, hdrs: dict[str, bytes]) -> LifecycleEvent:
+def decode_record(record: object, *, max_bytes: int = 65536) -> LifecycleEvent:
+    """The processor's one decode path for a consumed record (what the fuzz suite drives).
+
+    ``record`` has ``key``, ``value`` and ``headers`` (an aiokafka
+    ``ConsumerRecord``); a record the client library could not parse arrives
+    as an ``adapters.kafka_records.UnreadableRecord`` whose ``problem`` says why.
+    Returns the event or raises ``InvalidEventError``; nothing else.
+    """
+    problem = getattr(record, "problem", None)
+    if problem is not None:
+        raise InvalidEventError("unreadable_record", str(problem)[:500])
+    return decode_event(record.key, record.value, record.headers, max_bytes=max_bytes)  # type: ignore[attr-defined]
+
+
+def _decode_binary(key: bytes | None, value: bytes, hdrs: dict[str, bytes | None]) -> LifecycleEvent:
     """CloudEvents Kafka binding, binary mode: attributes in ``ce_*`` headers."""
-    try:
-        attrs = {name[3:]: hdrs[name].decode("utf-8") for name in _CE_HEADERS if name in hdrs}
-    except UnicodeDecodeError:
-        raise InvalidEventError("not_utf8", "a ce_* header is not UTF-8") from None
-    content_type = hdrs.get("content-type", b"application/json")
+    attrs: dict[str, str] = {}
+    for name in _CE_HEADERS:
+        if name in hdrs:
+            raw = hdrs[name]
+            if raw is None:
+                raise InvalidEventError("bad_header", f"header {name} has no value")
+            try:
+                attrs[name[3:]] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidEventError("bad_header", f"header {name} is not UTF-8") from None
+    content_type = hdrs.get("content-type") or b"application/json"
     if b"json" not in content_type.lower():
         raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}")
     try:
         data = _any_decoder.decode(value)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _DECODE_ERRORS as exc:
         raise _diagnose(value, exc) from None
     try:
         event = msgspec.convert({**attrs, "data": data}, CloudEvent)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, RecursionError) as exc:
         reason = "invalid_data" if "$.data" in str(exc) else "not_cloudevent"
-        raise InvalidEventError(reason, f"binary mode: {exc}") from None
+        raise InvalidEventError(reason, f"binary mode: {str(exc)[:500]}") from None
     return _to_domain(event, key)
 
 
@@ -352,6 +524,51 @@ def encode_state(state: InvoiceState) -> bytes:
             appid=state.appid,
             recent_event_ids=list(state.recent_event_ids),
             updated_at=state.updated_at,
+        )
+    )
+
+
+#: Structured-mode CloudEvents carry their content type (the Kafka binding):
+#: readers that detect the mode from headers (Java SDK, Knative) need it.
+#: One shared list: the record builder only reads it.
+CLOUDEVENT_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+#: CloudEvent type of each decision kind (an enum's ``.value`` is a slow descriptor).
+OUTCOME_TYPES = {kind: f"invoice.status.{kind.value}" for kind in DecisionKind}
+_ACCEPTED = DecisionKind.ACCEPTED
+
+
+def outcome_bytes(decision: Decision, record: object, processed_at: str, key: str) -> bytes:
+    """The outcome CloudEvent of ``decision`` (hot path: one call per event)."""
+    event = decision.event
+    state = decision.state
+    data = OutcomeData(
+        card_id=event.card_id,
+        code=event.code,
+        appid=state.appid,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        from_status=decision.from_status,
+        requested_status=decision.requested_status,
+        version=state.version,
+        processed_at=processed_at,
+        to_status=state.status if decision.kind is _ACCEPTED else None,
+        reason=decision.reason,
+        trigger=decision.trigger,
+        source_partition=record.partition,  # type: ignore[attr-defined]
+        source_offset=record.offset,  # type: ignore[attr-defined]
+        event_time=event.time,
+    )
+    return _encoder.encode(
+        OutcomeEvent(
+            specversion="1.0",
+            # Derived from the input position: the same event re-decided after
+            # an aborted transaction gets the same outcome id.
+            id=f"{record.topic}/{record.partition}/{record.offset}",  # type: ignore[attr-defined]
+            source=OUTCOME_SOURCE,
+            type=OUTCOME_TYPES[decision.kind],  # type: ignore[arg-type]
+            time=processed_at,
+            subject=key,
+            data=data,
         )
     )
 

@@ -27,7 +27,7 @@ def process(settings: Settings, args: argparse.Namespace) -> int:
         async with runtime(settings) as rt:
             processor = Processor(settings, metrics=rt.metrics, in_memory_state=args.in_memory_state)
             if rt.health is not None:
-                rt.health.add_readiness_check("processor", processor.ready.is_set)
+                rt.health.add_readiness_check("processor", processor.is_ready)
             await run_until_stopped(processor.run, stop=rt.stop)
 
     asyncio.run(main())

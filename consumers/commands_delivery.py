@@ -47,7 +47,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             processor = Processor(settings, metrics=rt.metrics, in_memory_state=args.in_memory_state)
             deliverer = Deliverer(settings, metrics=rt.metrics)
             if rt.health is not None:
-                rt.health.add_readiness_check("processor", processor.ready.is_set)
+                rt.health.add_readiness_check("processor", processor.is_ready)
                 rt.health.add_readiness_check("deliverer", deliverer.ready_flag.is_set)
             await run_until_stopped(processor.run, deliverer.run, stop=rt.stop)
 

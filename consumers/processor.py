@@ -7,20 +7,18 @@ fences the old one: aiokafka has no KIP-447), the partition's state store,
 and its transactions. Records of one partition are decided in offset
 order; partitions proceed concurrently.
 
-On assignment, in this order (the order is the guarantee):
-
-1. start the partition's transactional producer: ``InitProducerId`` fences
-   any previous owner and waits until its open transaction is resolved;
-2. restore the state store from the changelog partition (``invoice.state``,
-   same partition number), from the store's checkpoint to the end;
-3. fetch the committed offset *now* (aiokafka fetched one before step 1,
-   possibly before the old owner's last commit landed) and seek to it.
+Taking a partition (on assignment, and again after a fatal producer state
+or a timed-out transaction) is one sequence, ``Processor.take_ownership``;
+its order is the guarantee and is written there. The commit order of a
+batch is written in ``PartitionWorker.process``; what happens when a batch
+cannot commit, in ``PartitionWorker._recover``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +34,16 @@ from adapters import kafka, wire
 from adapters.settings import Settings
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
 from domain.decide import decide
-from domain.errors import BrokerError, FencedError, InvalidEventError
-from domain.model import Decision, DecisionKind
+from adapters.metrics import Metrics
+from domain.errors import (
+    AccessDeniedError,
+    BrokerError,
+    FencedError,
+    InvalidEventError,
+    ProducerFailedError,
+    TransactionTimedOutError,
+)
+from domain.model import DecisionKind
 
 log = structlog.get_logger("invoice_sm.processor")
 
@@ -46,94 +52,62 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-#: CloudEvent type of each decision kind (an enum's ``.value`` is a slow descriptor).
-OUTCOME_TYPES = {kind: f"invoice.status.{kind.value}" for kind in DecisionKind}
-_ACCEPTED = DecisionKind.ACCEPTED
 _DUPLICATE = DecisionKind.DUPLICATE
-_OutcomeData, _OutcomeEvent, _encode = wire.OutcomeData, wire.OutcomeEvent, wire.encode
-
-
-def outcome_bytes(decision: Decision, record: ConsumerRecord, processed_at: str, key: str) -> bytes:
-    """The outcome CloudEvent of ``decision`` (hot path: one call per event)."""
-    event = decision.event
-    state = decision.state
-    reason = decision.reason
-    data = _OutcomeData(
-        card_id=event.card_id,
-        code=event.code,
-        appid=state.appid,
-        event_id=event.event_id,
-        event_type=event.event_type,
-        from_status=decision.from_status,
-        requested_status=decision.requested_status,
-        version=state.version,
-        processed_at=processed_at,
-        to_status=state.status if decision.kind is _ACCEPTED else None,
-        reason=reason,
-        trigger=decision.trigger,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        event_time=event.time,
-    )
-    return _encode(
-        _OutcomeEvent(
-            specversion="1.0",
-            # Derived from the input position: the same event re-decided after
-            # an aborted transaction gets the same outcome id.
-            id=f"{record.topic}/{record.partition}/{record.offset}",
-            source=wire.OUTCOME_SOURCE,
-            type=OUTCOME_TYPES[decision.kind],  # type: ignore[arg-type]
-            time=processed_at,
-            subject=key,
-            data=data,
-        )
-    )
-
-
-def dlq_headers(record: ConsumerRecord, error: BaseException, reason: str, failed_at: str) -> list[tuple[str, bytes]]:
-    h = wire.DLQ_HEADERS
-    message = str(error)[:1000]
-    return [
-        *(record.headers or ()),
-        (h["reason"], reason.encode()),
-        (h["error_class"], type(error).__name__.encode()),
-        (h["error_message"], message.encode("utf-8", "replace")),
-        (h["source_topic"], record.topic.encode()),
-        (h["source_partition"], str(record.partition).encode()),
-        (h["source_offset"], str(record.offset).encode()),
-        (h["failed_at"], failed_at.encode()),
-    ]
+outcome_bytes = wire.outcome_bytes
+#: Retry backoff for a partition that cannot commit: doubles from the first, capped.
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0
+#: An ACL refusal is retried too (an operator may grant it), but slowly.
+_DENIED_RETRY_S = 30.0
+#: How long a call on a producer that may be stuck behind a dead broker gets.
+_PRODUCER_CALL_S = 10.0
+#: A batch still open after this long (or half the transaction timeout) marks its partition stalled.
+_STUCK_AFTER_S = 5.0
+#: The transactional producer's batch size unless a topic's max.message.bytes is smaller.
+_MAX_BATCH_BYTES = 512 * 1024
 
 
 @dataclass
 class BatchStats:
     records: int = 0
     dlq: int = 0
+    dlq_truncated: int = 0
     by_kind: dict[DecisionKind, int] = field(default_factory=lambda: dict.fromkeys(DecisionKind, 0))
     dlq_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class PartitionWorker:
-    """One input partition: its producer, its state, its transactions."""
+    """One input partition: its producer, its state, its transactions.
+
+    A batch that cannot commit never stops the partition for good; what the
+    worker does next depends on why (``_recover``), and while it cannot make
+    progress it says so once (log line, ``partition_stalled`` gauge, ``/readyz``).
+    """
 
     def __init__(self, processor: Processor, tp: TopicPartition) -> None:
         self.processor = processor
         self.settings = processor.settings
         self.tp = tp
-        self.producer = kafka.new_transactional_producer(
-            self.settings, kafka.transactional_id(processor.group_id, tp.topic, tp.partition)
-        )
+        self.txn_id = kafka.transactional_id(processor.group_id, tp.topic, tp.partition)
+        self.producer = kafka.new_transactional_producer(self.settings, self.txn_id, max_batch_size=processor.batch_bytes)
         self.store: PartitionStore | None = None
         self.states: InvoiceStates | None = None
         self.lock = asyncio.Lock()
-        self.closed = False
-        self.fenced = False
+        self.closing = asyncio.Event()
+        self.stall: str | None = None
+        self._stalled_since = 0.0
+        self._attempts = 0
+        self._txn_began = 0.0
 
-    async def open(self) -> None:
-        with kafka.broker_errors(f"init producer for {self.tp.topic}[{self.tp.partition}]"):
-            await self.producer.start()  # step 1: fences the previous owner
-        self.store = self.processor.open_store(self.tp.partition)
-        self.states = InvoiceStates(self.store, self.settings.state_cache_size, wire.decode_state, wire.encode_state)
+    async def start_producer(self) -> None:
+        """Ownership step 1: ``InitProducerId`` fences any previous producer of
+        this transactional id and resolves its open transaction."""
+        with kafka.transaction_errors(f"init producer for {self.tp.topic}[{self.tp.partition}]"):
+            await self.producer.start()
+
+    def open_store(self) -> None:
+        if self.store is None:
+            self.store = self.processor.open_store(self.tp.partition)
+            self.states = InvoiceStates(self.store, self.settings.state_cache_size, wire.decode_state, wire.encode_state)
 
     async def process(self, records: Sequence[ConsumerRecord]) -> BatchStats | None:
         """Decide one batch of this partition in one transaction.
@@ -152,70 +126,74 @@ class PartitionWorker:
            changelog offset they are current to. A crash before this line
            leaves the store behind the changelog, which the next restore fixes.
 
-        Any failure in 1-5 aborts: staged state is dropped and the consumer
-        seeks back to the batch's first offset, so the batch is decided again.
+        Any failure in 1-5 drops the staged state and hands over to
+        ``_recover``, which leaves the partition positioned where the committed
+        history ends, so the batch is decided again, once.
         """
         async with self.lock:
-            if self.closed or self.fenced or self.states is None:
+            if self.closing.is_set() or self.states is None:
                 return None
             started = time.perf_counter()
             stats = BatchStats(records=len(records))
+            # aiokafka waits for a dead broker without raising: a batch open
+            # this long says the partition is stuck before any error does.
+            stuck_after = min(_STUCK_AFTER_S, self.settings.kafka_transaction_timeout_ms / 2000)
+            watchdog = asyncio.get_running_loop().call_later(
+                stuck_after, self._set_stall, "broker_unavailable", BrokerError(f"batch open for more than {stuck_after:g} s")
+            )
             try:
                 await self._transact(records, stats)
-            except FencedError:
-                self.fenced = True
-                self.states.discard()
-                log.warning("partition fenced by a newer owner", topic=self.tp.topic, partition=self.tp.partition)
-                self.processor.consumer_pause(self.tp)
-                return None
             except BrokerError as exc:
                 self.states.discard()
-                await self._abort()
-                self.processor.seek(self.tp, records[0].offset)
-                log.warning(
-                    "batch aborted, will retry",
-                    topic=self.tp.topic,
-                    partition=self.tp.partition,
-                    first_offset=records[0].offset,
-                    error=str(exc),
-                )
-                await asyncio.sleep(0.5)
+                await self._recover(exc, records[0].offset)
                 return None
+            finally:
+                watchdog.cancel()
+            self._set_stall(None)
             self.processor.observe_batch(self.tp, records, stats, time.perf_counter() - started)
             return stats
 
     async def _transact(self, records: Sequence[ConsumerRecord], stats: BatchStats) -> None:
         assert self.states is not None
         settings = self.settings
+        processor = self.processor
         partition = self.tp.partition
-        outcomes_partition = partition % self.processor.partitions[settings.topic_outcomes]
-        dlq_partition = partition % self.processor.partitions[settings.topic_dlq]
+        outcomes_partition = partition % processor.partitions[settings.topic_outcomes]
+        dlq_partition = partition % processor.partitions[settings.topic_dlq]
+        dlq_limit = processor.dlq_record_bytes
         states = self.states
         now = utc_now()
         by_kind = stats.by_kind
         max_bytes = settings.max_event_bytes
         topic_outcomes, topic_state, topic_dlq = settings.topic_outcomes, settings.topic_state, settings.topic_dlq
+        decode_record, decide_event, encode_outcome = wire.decode_record, decide, wire.outcome_bytes
+        outcome_headers = wire.CLOUDEVENT_HEADERS
 
-        with kafka.broker_errors("begin transaction"):
+        if kafka.producer_is_fatal(self.producer):
+            raise ProducerFailedError("producer is in a fatal state")
+        self._txn_began = time.monotonic()
+        with kafka.transaction_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1
         batch = kafka.TxnBatch(self.producer)
         check = settings.validate_produced
         for record in records:  # step 2
             try:
-                event = wire.decode_event(record.key, record.value, record.headers, max_bytes=max_bytes)
+                event = decode_record(record, max_bytes=max_bytes)
             except InvalidEventError as exc:
                 stats.dlq += 1
                 stats.dlq_reasons[exc.reason] = stats.dlq_reasons.get(exc.reason, 0) + 1
-                if not batch.append(topic_dlq, dlq_partition, record.key, record.value, dlq_headers(record, exc, exc.reason, now)):
+                key, value, headers, truncated = wire.dlq_copy(record, exc, exc.reason, now, max_record_bytes=dlq_limit)
+                stats.dlq_truncated += truncated
+                if not batch.append(topic_dlq, dlq_partition, key, value, headers):
                     await batch.ship_full()
                 continue
             invoice = event.key
-            decision = decide(states.get(invoice), event, now)
+            decision = decide_event(states.get(invoice), event, now)
             kind = decision.kind
             by_kind[kind] += 1
             key = record.key
-            outcome = outcome_bytes(decision, record, now, invoice)
-            if not batch.append(topic_outcomes, outcomes_partition, key, outcome):
+            outcome = encode_outcome(decision, record, now, invoice)
+            if not batch.append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
                 await batch.ship_full()
             state = states.put(invoice, decision.state) if kind is not _DUPLICATE else None
             if state is not None and not batch.append(topic_state, partition, key, state):
@@ -227,9 +205,9 @@ class PartitionWorker:
                 if state is not None:
                     wire.validate_produced(state, "state")
         last = await batch.flush()  # step 3
-        with kafka.broker_errors("commit transaction"):
+        with kafka.transaction_errors("commit transaction"):
             await self.producer.send_offsets_to_transaction(  # step 4
-                {self.tp: records[-1].offset + 1}, self.processor.group_id
+                {self.tp: records[-1].offset + 1}, processor.group_id
             )
             await self.producer.commit_transaction()  # step 5
         changelog_last = last.get((topic_state, partition))
@@ -238,16 +216,122 @@ class PartitionWorker:
         else:
             states.discard()
 
-    async def _abort(self) -> None:
+    # -- when a batch cannot commit
+
+    async def _recover(self, error: BrokerError, first_offset: int) -> None:
+        """Put the partition back where it can commit, according to why it could not.
+
+        - A bumped epoch while our transaction was young: a newer owner may
+          have fenced us. Pause; after twice the session timeout (by then a
+          zombie has learned it left the group and was revoked) a partition
+          still assigned here is taken back through the ownership sequence.
+        - A bumped epoch after the transaction was open for its timeout: the
+          broker aborted it. Take ownership again at once (nobody else has it).
+        - aiokafka's fatal state, or an abort that does not complete: a new
+          producer with the same transactional id takes over (its init aborts
+          the open transaction and fences only the old producer).
+        - An ACL refusal: retried every 30 s, through a new producer.
+        - Anything else (broker unavailable, timeouts): abort, rewind to the
+          batch's first offset, retry with backoff.
+
+        Taking ownership again re-reads the committed offset rather than
+        trusting ``first_offset``: a commit whose answer was lost may have landed.
+        """
+        role = "processor"
+        metrics = self.processor.metrics
+        timeout_s = self.settings.kafka_transaction_timeout_ms / 1000
+        if isinstance(error, FencedError) and time.monotonic() - self._txn_began >= 0.9 * timeout_s:
+            error = TransactionTimedOutError(f"transaction open longer than {timeout_s:g} s was aborted by the broker")
+        if isinstance(error, FencedError):
+            reason, delay, retake = "fenced", 2 * self.settings.kafka_session_timeout_ms / 1000, True
+            self.processor.consumer_pause(self.tp)
+        elif isinstance(error, TransactionTimedOutError):
+            reason, delay, retake = "txn_timeout", 0.0, True
+        elif isinstance(error, AccessDeniedError):
+            reason, delay, retake = "unauthorized", _DENIED_RETRY_S, True
+        elif isinstance(error, ProducerFailedError) or kafka.producer_is_fatal(self.producer) or not await self._abort():
+            reason, delay, retake = "producer_fatal", 0.0, True
+        else:
+            reason, delay, retake = "broker_unavailable", self._backoff(), False
+        self._attempts += 1
+        metrics.broker_retries_total.labels(role, reason).inc()
+        self._set_stall(reason, error)
+        if delay and await self._closed_within(delay):
+            return
+        if not retake:
+            self.processor.seek(self.tp, first_offset)
+            return
+        while not self.closing.is_set():
+            try:
+                await self._retake(reason)
+                self.processor.consumer_resume(self.tp)
+                return
+            except BrokerError as exc:
+                self._attempts += 1
+                metrics.broker_retries_total.labels(role, "broker_unavailable").inc()
+                self._set_stall("broker_unavailable", exc)
+                if await self._closed_within(self._backoff()):
+                    return
+
+    async def _retake(self, reason: str) -> None:
+        """The ownership sequence again, for this one partition, with a new producer."""
+        old = self.producer
+        self.producer = kafka.new_transactional_producer(self.settings, self.txn_id, max_batch_size=self.processor.batch_bytes)
+        self.processor.metrics.producer_replacements_total.labels("processor", reason).inc()
         with contextlib.suppress(Exception):
-            await self.producer.abort_transaction()
+            await asyncio.wait_for(old.stop(), _PRODUCER_CALL_S)
+        position = (await self.processor.take_ownership({self.tp: self}))[self.tp]
+        self.processor.seek(self.tp, position)
+        log.info("partition taken over again", partition=self.tp.partition, reason=reason, position=position)
+
+    async def _abort(self) -> bool:
+        """Abort the open transaction; ``False`` when the producer could not."""
+        try:
+            await asyncio.wait_for(self.producer.abort_transaction(), _PRODUCER_CALL_S)
+        except Exception:  # noqa: BLE001 - any failure here means: replace the producer
+            return False
+        return True
+
+    def _backoff(self) -> float:
+        base = min(_RETRY_FIRST_S * 2 ** min(self._attempts, 10), _RETRY_MAX_S)
+        return base * random.uniform(0.75, 1.25)
+
+    async def _closed_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        return self.closing.is_set()
+
+    def _set_stall(self, reason: str | None, error: BaseException | None = None) -> None:
+        """Record a change of state once: a log line and the gauge, not one line per attempt."""
+        if reason == self.stall:
+            return
+        gauge = self.processor.metrics.partition_stalled
+        partition = str(self.tp.partition)
+        if self.stall is not None:
+            gauge.labels("processor", partition, self.stall).set(0)
+        if reason is None:
+            log.info(
+                "partition resumed",
+                partition=self.tp.partition,
+                was=self.stall,
+                attempts=self._attempts,
+                stalled_s=round(time.monotonic() - self._stalled_since, 1),
+            )
+            self._attempts = 0
+        else:
+            if self.stall is None:
+                self._stalled_since = time.monotonic()
+            gauge.labels("processor", partition, reason).set(1)
+            log.warning("partition stalled", partition=self.tp.partition, reason=reason, error=str(error), alert=True)
+        self.stall = reason
 
     async def close(self) -> None:
         """Finish the in-flight batch (the lock), then release everything."""
+        self.closing.set()
         async with self.lock:
-            self.closed = True
+            self._set_stall(None)
             with contextlib.suppress(Exception):
-                await self.producer.stop()
+                await asyncio.wait_for(self.producer.stop(), _PRODUCER_CALL_S)
             if self.store is not None:
                 self.store.close()
 
@@ -255,10 +339,11 @@ class PartitionWorker:
 class Processor(ConsumerRebalanceListener):
     """The ``process`` command: a consumer group and its partition workers."""
 
-    def __init__(self, settings: Settings, *, metrics: Any = None, in_memory_state: bool = False) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None, in_memory_state: bool = False) -> None:
         self.settings = settings
         self.group_id = settings.processor_group_id
-        self.metrics = metrics
+        # A private registry nobody scrapes stands in when no metrics are wanted.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.in_memory_state = in_memory_state
         self.workers: dict[TopicPartition, PartitionWorker] = {}
         self.partitions: dict[str, int] = {}
@@ -266,6 +351,8 @@ class Processor(ConsumerRebalanceListener):
         self._fatal: BaseException | None = None
         self.ready = asyncio.Event()
         self.processed = 0
+        self.batch_bytes = _MAX_BATCH_BYTES
+        self.dlq_record_bytes = kafka.DEFAULT_MAX_MESSAGE_BYTES
 
     # -- wiring
 
@@ -275,9 +362,20 @@ class Processor(ConsumerRebalanceListener):
         path = Path(self.settings.state_dir) / f"{self.settings.topic_events}-{partition}"
         return RocksPartitionStore(path)
 
+    def is_ready(self) -> bool:
+        """Ready while consuming and no partition is stalled (``/readyz``)."""
+        return self.ready.is_set() and not any(w.stall for w in self.workers.values())
+
+    def stalled(self) -> dict[int, str]:
+        return {tp.partition: w.stall for tp, w in self.workers.items() if w.stall}
+
     def consumer_pause(self, tp: TopicPartition) -> None:
-        if self.consumer is not None:
+        if self.consumer is not None and tp in self.consumer.assignment():
             self.consumer.pause(tp)
+
+    def consumer_resume(self, tp: TopicPartition) -> None:
+        if self.consumer is not None and tp in self.consumer.assignment():
+            self.consumer.resume(tp)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self.consumer is not None and tp in self.consumer.assignment():
@@ -296,8 +394,6 @@ class Processor(ConsumerRebalanceListener):
             **{kind.value: n for kind, n in stats.by_kind.items()},
         )
         m = self.metrics
-        if m is None:
-            return
         observe_lag(m, self.consumer, self.group_id, tp, records[-1].offset + 1)
         m.batches_total.inc()
         m.batch_seconds.observe(seconds)
@@ -308,6 +404,39 @@ class Processor(ConsumerRebalanceListener):
             m.events_total.labels(outcome="dlq").inc(stats.dlq)
             for reason, n in stats.dlq_reasons.items():
                 m.dlq_total.labels(reason=reason).inc(n)
+            if stats.dlq_truncated:
+                m.dlq_truncated_total.inc(stats.dlq_truncated)
+
+    # -- ownership
+
+    async def take_ownership(self, workers: dict[TopicPartition, PartitionWorker]) -> dict[TopicPartition, int]:
+        """The partition-ownership sequence; returns the position to seek each partition to.
+
+        Used on assignment and whenever a worker takes its partition back.
+        The order is the guarantee:
+
+        1. start the partitions' transactional producers: ``InitProducerId``
+           fences any previous owner and waits until its open transaction is
+           resolved (committed or aborted);
+        2. restore each state store from the changelog partition
+           (``invoice.state``, same number), from its checkpoint to the end;
+        3. fetch the committed offset *now* (aiokafka fetched one before step
+           1, possibly before the old owner's last commit landed).
+        """
+        for worker in workers.values():
+            worker.open_store()
+        await asyncio.gather(*(w.start_producer() for w in workers.values()))  # step 1
+        await restore_states(  # step 2
+            self.settings, {tp.partition: w.states for tp, w in workers.items() if w.states is not None}, metrics=self.metrics
+        )
+        assert self.consumer is not None
+        begins = await kafka.beginning_offsets(self.consumer, list(workers))
+        positions: dict[TopicPartition, int] = {}
+        for tp in workers:  # step 3
+            with kafka.broker_errors("fetch committed offset"):
+                committed = await self.consumer.committed(tp)
+            positions[tp] = begins[tp] if committed is None else committed
+        return positions
 
     # -- rebalance (awaited by aiokafka's coordinator)
 
@@ -324,15 +453,8 @@ class Processor(ConsumerRebalanceListener):
             return
         try:
             workers = {tp: PartitionWorker(self, tp) for tp in new}
-            await asyncio.gather(*(w.open() for w in workers.values()))  # step 1
-            await self._restore(workers)  # step 2
+            positions = await self.take_ownership(workers)
             assert self.consumer is not None
-            positions: dict[TopicPartition, int] = {}
-            begins = await kafka.beginning_offsets(self.consumer, new)
-            for tp in new:  # step 3
-                with kafka.broker_errors("fetch committed offset"):
-                    committed = await self.consumer.committed(tp)
-                positions[tp] = begins[tp] if committed is None else committed
             # No await from here to the registration: the main loop must never
             # hold records of a registered worker fetched from another position.
             for tp, position in positions.items():
@@ -352,12 +474,7 @@ class Processor(ConsumerRebalanceListener):
         self._gauge_assigned()
 
     def _gauge_assigned(self) -> None:
-        if self.metrics is not None:
-            self.metrics.assigned_partitions.labels(role="processor").set(len(self.workers))
-
-    async def _restore(self, workers: dict[TopicPartition, PartitionWorker]) -> None:
-        states = {tp.partition: w.states for tp, w in workers.items() if w.states is not None}
-        await restore_states(self.settings, states, metrics=self.metrics)
+        self.metrics.assigned_partitions.labels(role="processor").set(len(self.workers))
 
     # -- main loop
 
@@ -371,6 +488,12 @@ class Processor(ConsumerRebalanceListener):
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         self.partitions = await kafka.ensure_topics(settings)
+        limits = await kafka.max_message_bytes(settings, [settings.topic_outcomes, settings.topic_state, settings.topic_dlq])
+        # A batch the broker refuses can never commit: keep every batch, and so
+        # every DLQ copy, under the smallest limit of the topics we write.
+        smallest = min(limits.values())
+        self.batch_bytes = max(min(_MAX_BATCH_BYTES, smallest - 1024), 16 * 1024)
+        self.dlq_record_bytes = min(limits[settings.topic_dlq], self.batch_bytes)
         consumer = kafka.new_consumer(
             settings,
             group_id=self.group_id,
@@ -451,7 +574,9 @@ async def restore_states(
                 for tp, records in fetched.items():
                     if records:
                         states[tp.partition].store.apply(
-                            ((r.key, r.value) for r in records if r.key is not None and r.value is not None),
+                            # A tombstone (value None) deletes: restore, replay and
+                            # reconcile all read a compacted changelog the same way.
+                            ((r.key, r.value) for r in records if r.key is not None),
                             records[-1].offset + 1,
                         )
                         restored[tp.partition] += len(records)

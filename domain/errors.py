@@ -8,7 +8,10 @@ Each error says whether retrying the same operation may succeed::
      ├── ConfigurationError              no   a setting is wrong or missing (names it)
      ├── InvalidEventError               no   an input record cannot be decided (reason -> DLQ)
      ├── BrokerError                     yes  Kafka unavailable, timed out, or rebalanced under us
-     │    └── FencedError                no   another instance owns this partition now
+     │    ├── FencedError                no   another instance owns this partition now
+     │    ├── TransactionTimedOutError   yes  the broker aborted our open transaction: re-initialise
+     │    ├── ProducerFailedError        yes  the transactional producer is in a fatal state: replace it
+     │    └── AccessDeniedError          yes  an ACL refused us (retried slowly: an operator may fix it)
      └── WeChatError                     per class (errcode, errmsg)
           ├── TokenInvalidError          yes  40001/40014/42001: refresh once, retry once
           ├── TransientWeChatError       yes  -1, 45011, 72036, HTTP 5xx, connection errors
@@ -59,6 +62,20 @@ class FencedError(BrokerError):
     """A newer owner of the same partition fenced this producer; stop work on it."""
 
     retriable = False
+
+
+class TransactionTimedOutError(BrokerError):
+    """The broker aborted a transaction that stayed open past its timeout; the
+    producer's epoch was bumped, so it looks like fencing but nobody else owns us."""
+
+
+class ProducerFailedError(BrokerError):
+    """The transactional producer can no longer be used (aiokafka's fatal state);
+    a new producer with the same transactional id takes over from it."""
+
+
+class AccessDeniedError(BrokerError):
+    """The cluster's ACLs refused an operation (e.g. the transactional id)."""
 
 
 class WeChatError(InvoiceSmError):

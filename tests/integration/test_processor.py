@@ -12,7 +12,7 @@ from adapters.settings import Settings
 from adapters.wire import DLQ_HEADERS
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event
-from tests.malformed import binary_mode_valid, malformed_cases
+from tests.malformed import binary_mode_valid, malformed_cases, producible
 from tests.support.kafka_io import produce, produce_events, read_topic, values, wait_for_count
 from tests.support.services import running
 
@@ -59,7 +59,7 @@ async def test_lifecycle_of_one_invoice(settings: Settings) -> None:
 
 
 async def test_malformed_input_goes_to_the_dlq_and_valid_events_around_it_are_decided(settings: Settings) -> None:
-    cases = malformed_cases(settings.max_event_bytes)
+    cases = producible(malformed_cases(settings.max_event_bytes))
     records = []
     for i, (name, key, value, headers, _) in enumerate(cases):
         ok = event(*card(100 + i), S.LOCK, event_id=f"ok-{i}")

@@ -14,7 +14,7 @@ from adapters.settings import Settings
 from consumers.replay import replay, same_state, scan
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event, random_stream
-from tests.malformed import malformed_cases
+from tests.malformed import malformed_cases, producible
 from tests.support.kafka_io import produce, read_topic, values, wait_for_count
 from tests.support.services import running, run_cli, live_states
 
@@ -25,7 +25,7 @@ def mixed_records(n_events: int, n_invoices: int, seed: int, max_bytes: int) -> 
     """Random events with every kind of malformed record spread among them;
     returns the records and how many are valid."""
     events = list(random_stream(n_events, n_invoices, seed=seed))
-    bad = malformed_cases(max_bytes)
+    bad = producible(malformed_cases(max_bytes))
     records: list = []
     step = max(1, len(events) // (len(bad) + 1))
     for i, ev in enumerate(events):
