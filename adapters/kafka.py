@@ -8,7 +8,7 @@ record's partition* (modulo the target topic's partition count). The input
 is already partitioned by invoice key, so per-invoice order carries over
 without re-hashing every key (aiokafka's murmur2 is pure Python, ~9 µs a
 key); the changelog (``invoice.state``) must have exactly as many
-partitions as ``invoice.events``, which ``ensure_topics`` checks.
+partitions as ``invoice.events``, which ``ensure_topics`` (``adapters.topics``) checks.
 """
 
 from __future__ import annotations
@@ -17,27 +17,27 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
-    TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 from aiokafka.helpers import create_ssl_context
 
+from adapters import kafka_records
 from adapters.settings import Settings
-from domain.errors import AccessDeniedError, BrokerError, ConfigurationError, FencedError, ProducerFailedError
+from domain.errors import AccessDeniedError, BrokerError, FencedError, ProducerFailedError
 
 _FENCED = (ProducerFenced, InvalidProducerEpoch)
 _DENIED = (TransactionalIdAuthorizationFailed, GroupAuthorizationFailedError, TopicAuthorizationFailedError)
+kafka_records.install()  # every consumer of ours survives records aiokafka's C parser refuses (issue 11)
 
 
 def translate(exc: BaseException, what: str) -> BrokerError:
@@ -83,6 +83,11 @@ def producer_is_fatal(producer: AIOKafkaProducer) -> bool:
     return bool(manager is not None and manager.is_fatal_error())
 
 
+def _compression(settings: Settings) -> dict[str, Any]:
+    codec = settings.kafka_compression_type
+    return {} if codec == "none" else {"compression_type": codec}
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options shared by every client (security, client id)."""
     options: dict[str, Any] = {
@@ -122,12 +127,14 @@ def new_transactional_producer(settings: Settings, txn_id: str, **overrides: Any
         "request_timeout_ms": 30000,
         "transaction_timeout_ms": settings.kafka_transaction_timeout_ms,
     }
+    options.update(_compression(settings))
     options.update(overrides)
     return AIOKafkaProducer(**client_options(settings), **options)
 
 
 def new_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {"enable_idempotence": True, "acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024}
+    options.update(_compression(settings))
     options.update(overrides)
     return AIOKafkaProducer(**client_options(settings), **options)
 
@@ -141,85 +148,21 @@ def new_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafka
         "auto_offset_reset": "earliest",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "fetch_max_bytes": 32 * 1024 * 1024,
+        # read_committed data shows only after a commit marker: with aiokafka's
+        # 500 ms default the broker's wait becomes end-to-end latency.
+        "fetch_max_wait_ms": 100,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **client_options(settings), **options)
 
 
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    compact: bool = False
+async def ensure_topics(settings: Settings, specs: Iterable[Any] | None = None) -> dict[str, int]:
+    """``adapters.topics.ensure_topics``: create missing topics from the topic
+    table, check co-partitioning and the events topic's retention; return
+    partition counts. (Kept here for the consumers that call ``kafka.ensure_topics``.)"""
+    from adapters import topics
 
-
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    n = settings.topic_partitions
-    return [
-        TopicSpec(settings.topic_events, n),
-        TopicSpec(settings.topic_outcomes, n),
-        TopicSpec(settings.topic_state, n, compact=True),
-        TopicSpec(settings.topic_deliveries, n),
-        TopicSpec(settings.topic_dlq, n),
-    ]
-
-
-async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> dict[str, int]:
-    """Create missing topics (partitions, cleanup policy); return partition counts.
-
-    Fails with ``ConfigurationError`` when the changelog cannot be
-    co-partitioned with the input.
-    """
-    specs = list(specs if specs is not None else topic_specs(settings))
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    with broker_errors("connect to Kafka"):
-        await admin.start()
-    try:
-        with broker_errors("list topics"):
-            existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        if missing and settings.create_topics:
-            new = [
-                NewTopic(
-                    s.name,
-                    num_partitions=s.partitions,
-                    replication_factor=settings.topic_replication_factor,
-                    topic_configs={"cleanup.policy": "compact" if s.compact else "delete"},
-                )
-                for s in missing
-            ]
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another instance won the race
-            except KafkaError as exc:
-                raise translate(exc, "create topics") from exc
-        elif missing:
-            names = ", ".join(s.name for s in missing)
-            raise ConfigurationError("INVOICE_SM_CREATE_TOPICS", f"topics missing and creation disabled: {names}")
-        # A topic just created may be described without partitions for a moment.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            with broker_errors("describe topics"):
-                described = await admin.describe_topics([s.name for s in specs])
-            counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions") and not d.get("error_code")}
-            lacking = [s.name for s in specs if s.name not in counts]
-            if not lacking:
-                break
-            if loop.time() > deadline:
-                raise BrokerError(f"topics have no partitions after 30 s: {', '.join(lacking)}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-    if settings.topic_state in counts and settings.topic_events in counts:
-        if counts[settings.topic_state] != counts[settings.topic_events]:
-            raise ConfigurationError(
-                "INVOICE_SM_TOPIC_STATE",
-                f"{settings.topic_state} has {counts[settings.topic_state]} partitions but "
-                f"{settings.topic_events} has {counts[settings.topic_events]}; the changelog must match the input",
-            )
-    return counts
+    return await topics.ensure_topics(settings, specs)
 
 
 #: The C record builder wants a list; one shared empty list, never mutated.
@@ -423,6 +366,7 @@ async def pipeline_partitions(
     timeout_ms: int,
     max_records: int,
     fatal: Any = lambda: None,
+    accepts: Any = lambda tp: True,
 ) -> None:
     """Fetch for the partitions with no batch in flight; each fetched batch runs
     as its own task, so one partition's commit never holds up the others.
@@ -431,8 +375,8 @@ async def pipeline_partitions(
     ``None`` when the partition is not ready (it must rewind the records
     itself). At most one batch per partition is in flight, so each
     partition's records are still decided strictly in offset order.
-    ``fatal()`` returns an exception to raise, if any. On return no batch is
-    in flight.
+    ``fatal()`` returns an exception to raise, if any; ``accepts(tp)``
+    whether a partition may be fetched now. On return no batch is in flight.
     """
     busy: dict[TopicPartition, asyncio.Task[Any]] = {}
     try:
@@ -444,9 +388,15 @@ async def pipeline_partitions(
                 if task.done():
                     del busy[tp]
                     task.result()  # a batch's unexpected error stops the loop
-            idle = [tp for tp in consumer.assignment() if tp not in busy]
+            # Only partitions whose owner is ready: fetching the others would
+            # only throw the records away and fetch them again, in a hot loop
+            # for as long as a restore takes.
+            idle = [tp for tp in consumer.assignment() if tp not in busy and accepts(tp)]
             if not idle:
-                await asyncio.wait(busy.values(), timeout=timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+                if busy:
+                    await asyncio.wait(busy.values(), timeout=timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(max(timeout_ms, 10) / 1000)
                 continue
             with broker_errors("fetch"):
                 fetched = await consumer.getmany(*idle, timeout_ms=timeout_ms, max_records=max_records)

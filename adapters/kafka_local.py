@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka broker for tests, benchmarks and the demo.
+"""Real Apache Kafka brokers (one node, or a 3-node cluster) for tests, benchmarks and the demo.
 
 Why this exists: the machines this project runs on have Java and Maven but no
 Docker engine, and cannot download Kafka's ``.tgz``. Apache Kafka's own jars
@@ -26,11 +26,33 @@ The recipe (shared/KAFKA-LOCAL.md is the spec):
 4. :meth:`LocalKafka.stop` sends SIGTERM to this broker's pid only (the JVM's
    shutdown hook shuts Kafka down cleanly), then SIGKILL after a timeout.
    Never ``pkill``: other brokers on the machine belong to other people.
+5. The JVM dies with its Python parent, even when the parent is SIGKILLed
+   and no ``atexit`` runs: on Linux every JVM is started with
+   ``PR_SET_PDEATHSIG`` = SIGKILL (``prctl`` through ctypes, in the child
+   before ``exec``). The kernel sends that signal when the *thread* that
+   forked the child ends, not the process, so every JVM is forked by one
+   daemon thread that lives as long as the process (:class:`_Spawner`);
+   a broker restarted from ``asyncio.to_thread`` would otherwise die with
+   that pool thread.
+
+:class:`LocalKafkaCluster` runs three (or more) such nodes as one KRaft
+cluster: each a combined broker+controller with its own ports and data dir,
+one static quorum (``controller.quorum.voters``), one cluster id, storage
+formatted without ``--standalone``, replication factor 3 and min ISR 2 for
+the internal topics. Nodes can be killed and restarted one at a time.
+
+``LocalKafka(scram_users={"user": "password"})`` serves clients on SASL_SSL
+with SCRAM-SHA-512 instead of PLAINTEXT: a CA and a broker certificate for
+127.0.0.1 are made at start with ``cryptography`` (``ca_path`` is what
+clients trust; the broker reads key and chain from one PEM file,
+``ssl.keystore.type=PEM``), the SCRAM credentials are written at format time
+(``StorageTool format --add-scram``), and the broker talks to itself, and is
+probed for readiness, on a plaintext listener of its own.
 
 Command line::
 
     python -m adapters.kafka_local fetch
-    python -m adapters.kafka_local start [--workdir D] [--heap 1g] [--no-fast-jit]
+    python -m adapters.kafka_local start [--workdir D] [--heap 1g] [--no-fast-jit] [--nodes 3]
 
 ``start`` prints ``bootstrap_servers=127.0.0.1:P`` and runs until SIGTERM or
 SIGINT, then stops the broker.
@@ -43,11 +65,14 @@ import asyncio
 import atexit
 import base64
 import collections
+import concurrent.futures
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -60,11 +85,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from aiokafka.client import AIOKafkaClient
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "ensure_jars", "main"]
+__all__ = ["KAFKA_VERSION", "LocalKafka", "LocalKafkaCluster", "ensure_jars", "main"]
 
 KAFKA_VERSION = "4.1.1"
 
@@ -78,6 +103,7 @@ _MARKER_NAME = ".complete.json"
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 
 _LOG_TAIL_LINES = 60
+_SAFE_CREDENTIAL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NODE_ID = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -212,12 +238,12 @@ def _port_open(port: int) -> bool:
         return False
 
 
-async def _metadata_answers(bootstrap_servers: str, timeout: float) -> bool:
+async def _metadata_answers(bootstrap_servers: str, timeout: float, node_ids: frozenset[int]) -> bool:
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout)
-        return any(broker.nodeId == _NODE_ID for broker in metadata.brokers())
+        return node_ids <= {broker.nodeId for broker in metadata.brokers()}
     except Exception:
         return False
     finally:
@@ -225,19 +251,125 @@ async def _metadata_answers(bootstrap_servers: str, timeout: float) -> bool:
             await client.close()
 
 
-def _probe_metadata(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+def _probe_metadata(bootstrap_servers: str, timeout: float = 5.0, node_ids: frozenset[int] = frozenset({_NODE_ID})) -> bool:
     # Always on a short-lived thread with its own loop: the caller may be a
     # pytest-asyncio fixture whose thread already runs a loop, where
     # asyncio.run() would refuse to start.
     result: list[bool] = []
     thread = threading.Thread(
-        target=lambda: result.append(asyncio.run(_metadata_answers(bootstrap_servers, timeout))),
+        target=lambda: result.append(asyncio.run(_metadata_answers(bootstrap_servers, timeout, node_ids))),
         name="kafka-local-probe",
         daemon=True,
     )
     thread.start()
     thread.join(timeout + 5)
     return bool(result and result[0])
+
+
+def _write_tls(ca_path: Path, keystore_path: Path) -> None:
+    """A fresh CA and a broker certificate for 127.0.0.1 and localhost signed by
+    it: ``ca_path`` (the CA, PEM) and ``keystore_path`` (unencrypted PKCS#8 key
+    and certificate chain, PEM, as ``ssl.keystore.type=PEM`` reads it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kafka-local test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path.parent.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    ca_path.write_bytes(ca.public_bytes(pem))
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    keystore_path.write_bytes(key_pem + cert.public_bytes(pem) + ca.public_bytes(pem))
+    keystore_path.chmod(0o600)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> object:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent thread
+    ends (Linux), or ``None`` where ``prctl`` does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Loaded in the parent: nothing in the child between fork and exec should
+    # have to open a library.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody will
+        # send the signal, and the child must not start at all.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+class _Spawner:
+    """Forks every JVM from one daemon thread that ends only with the process,
+    because ``PR_SET_PDEATHSIG`` fires when the forking *thread* ends.
+
+    Not a ``ThreadPoolExecutor``: its workers are joined at interpreter
+    shutdown, before ``atexit`` handlers run, which would SIGKILL the brokers
+    that :func:`_stop_all` is about to stop cleanly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[subprocess.Popen[bytes]], list[str], dict[str, Any]]]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            future, cmd, kwargs = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(subprocess.Popen(cmd, preexec_fn=_die_with_parent(), **kwargs))  # noqa: PLW1509
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            # is_alive() is False in a forked child: it starts its own thread.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="kafka-local-spawner", daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        self._jobs.put((future, cmd, kwargs))
+        return future.result()
+
+
+_spawner = _Spawner()
 
 
 _LOG4J2_PROPERTIES = """\
@@ -293,7 +425,20 @@ class LocalKafka:
         fast_jit: bool = True,
         log_level: str = "WARN",
         extra_properties: dict[str, str] | None = None,
+        node_id: int = _NODE_ID,
+        scram_users: dict[str, str] | None = None,
     ) -> None:
+        self.node_id = node_id
+        # SASL_SSL with SCRAM-SHA-512 for clients when given (user -> password).
+        self.scram_users: dict[str, str] = dict(scram_users or {})
+        for user, password in self.scram_users.items():
+            if not (_SAFE_CREDENTIAL.fullmatch(user) and _SAFE_CREDENTIAL.fullmatch(password)):
+                raise ValueError("SCRAM user names and passwords here are limited to letters, digits and ._-")
+        self._internal_port: int | None = None
+        # Set by LocalKafkaCluster for its nodes: the quorum's voters and the
+        # shared cluster id (a single node is its own quorum).
+        self._voters: str | None = None
+        self._cluster_id: str | None = None
         self._owns_workdir = workdir is None
         self.workdir: Path = Path(tempfile.mkdtemp(prefix="kafka-local-")) if workdir is None else Path(workdir)
         if self._owns_workdir:
@@ -338,9 +483,30 @@ class LocalKafka:
 
     @property
     def bootstrap_servers(self) -> str:
+        """The client listener: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) with ``scram_users``."""
         if self._client_port is None:
             raise RuntimeError("LocalKafka has not been started")
         return f"127.0.0.1:{self._client_port}"
+
+    @property
+    def secured(self) -> bool:
+        return bool(self.scram_users)
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate (PEM) that signed the broker's certificate (secured brokers)."""
+        return self.workdir / "tls" / "ca.pem"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.workdir / "tls" / "broker.pem"
+
+    def _probe_servers(self) -> tuple[int, str]:
+        # A secured broker is probed on its plaintext inter-broker listener,
+        # so readiness does not depend on the credentials.
+        port = self._internal_port if self.secured else self._client_port
+        assert port is not None
+        return port, f"127.0.0.1:{port}"
 
     @property
     def pid(self) -> int | None:
@@ -374,6 +540,11 @@ class LocalKafka:
         try:
             while True:
                 self._client_port, self._controller_port = self._pick_ports()
+                if self.secured:
+                    self._internal_port = _free_port()
+                    while self._internal_port in (self._client_port, self._controller_port):
+                        self._internal_port = _free_port()
+                    _write_tls(self.ca_path, self.keystore_path)
                 shutil.rmtree(self.data_dir, ignore_errors=True)
                 self.log_path.unlink(missing_ok=True)
                 self.stdout_path.unlink(missing_ok=True)
@@ -455,9 +626,11 @@ class LocalKafka:
 
     def _properties(self) -> dict[str, str]:
         p, c = self._client_port, self._controller_port
+        if self._voters is not None:
+            return self._cluster_properties()
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(_NODE_ID),
+            "node.id": str(self.node_id),
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{c}",
             "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
@@ -482,6 +655,56 @@ class LocalKafka:
             # Topics are created on purpose, as in production: a typo in a
             # topic name should fail, not silently create a new topic.
             "auto.create.topics.enable": "false",
+        }
+        if self.secured:
+            props.update(self._secured_listeners())
+        props.update(self.extra_properties)
+        return props
+
+    def _secured_listeners(self) -> dict[str, str]:
+        """Clients on SASL_SSL (SCRAM-SHA-512, a PEM keystore); the broker talks
+        to itself on a plaintext INTERNAL listener, also used for probes."""
+        p, c, i = self._client_port, self._controller_port, self._internal_port
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{p},INTERNAL://127.0.0.1:{i},CONTROLLER://127.0.0.1:{c}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{p},INTERNAL://127.0.0.1:{i},CONTROLLER://127.0.0.1:{c}",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore_path),
+        }
+
+    def _cluster_properties(self) -> dict[str, str]:
+        p, c = self._client_port, self._controller_port
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": str(self._voters),
+            "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # Replicated as a production cluster is: one node may fail.
+            "offsets.topic.replication.factor": "3",
+            "transaction.state.log.replication.factor": "3",
+            "transaction.state.log.min.isr": "2",
+            "share.coordinator.state.topic.replication.factor": "3",
+            "share.coordinator.state.topic.min.isr": "2",
+            "default.replication.factor": "3",
+            "min.insync.replicas": "2",
+            "group.initial.rebalance.delay.ms": "0",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.num.partitions": "3",
+            "log.cleaner.dedupe.buffer.size": "16777216",
+            "auto.create.topics.enable": "false",
+            # A node killed -9 is fenced (and dropped from every ISR) within
+            # seconds, and re-registers quickly when it comes back.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
         }
         props.update(self.extra_properties)
         return props
@@ -519,16 +742,20 @@ class LocalKafka:
             self._classpath(),
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            # A cluster's quorum is its static voters; one node is its own.
+            *(() if self._voters is not None else ("--standalone",)),
+            *(arg for user, password in self.scram_users.items()
+              for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")),
             "-t",
-            _cluster_id(),
+            self._cluster_id or _cluster_id(),
             "-c",
             str(self.properties_path),
         ]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=self.workdir)
         if proc.returncode != 0:
+            shown = " ".join("--add-scram SCRAM-SHA-512=[...]" if "password=" in arg else arg for arg in cmd)
             raise RuntimeError(
-                f"formatting Kafka storage failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                f"formatting Kafka storage failed (exit {proc.returncode}): {shown}\n"
                 f"--- last lines of its output ---\n{_tail(proc.stdout + proc.stderr) or '(empty)'}\n"
                 f"--- last lines of {self.log_path} ---\n{_read_tail(self.log_path)}"
             )
@@ -550,7 +777,7 @@ class LocalKafka:
         self._stdout.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._stdout.flush()
         try:
-            self._proc = subprocess.Popen(
+            self._proc = _spawner.popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
@@ -580,8 +807,11 @@ class LocalKafka:
             code = self._proc.poll()
             if code is not None:
                 raise RuntimeError(self._failure(f"Kafka broker exited with code {code} during startup"))
-            if _port_open(self._client_port) and _probe_metadata(
-                self.bootstrap_servers, timeout=max(1.0, min(5.0, deadline - time.monotonic()))
+            probe_port, probe_servers = self._probe_servers()
+            if _port_open(probe_port) and _probe_metadata(
+                probe_servers,
+                timeout=max(1.0, min(5.0, deadline - time.monotonic())),
+                node_ids=frozenset({self.node_id}),
             ):
                 return
             if time.monotonic() >= deadline:
@@ -613,6 +843,157 @@ class LocalKafka:
                 _temp_workdirs.discard(self.workdir)
 
 
+class LocalKafkaCluster:
+    """A blocking handle on a local KRaft cluster of ``size`` nodes, each a
+    combined broker+controller (:class:`LocalKafka`) in ``workdir/nodeN``.
+
+    Internal topics have replication factor 3 and min ISR 2 (so ``size`` is
+    at least 3); nodes can be killed (:meth:`kill`, SIGKILL) and restarted on
+    their data (:meth:`restart`) one at a time while the others serve.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        workdir: Path | None = None,
+        *,
+        heap: str = "512m",
+        fast_jit: bool = True,
+        log_level: str = "WARN",
+        extra_properties: dict[str, str] | None = None,
+    ) -> None:
+        if size < 3:
+            raise ValueError("a replicated cluster needs at least 3 nodes (replication factor 3, min ISR 2)")
+        self._owns_workdir = workdir is None
+        self.workdir: Path = Path(tempfile.mkdtemp(prefix="kafka-cluster-")) if workdir is None else Path(workdir)
+        if self._owns_workdir:
+            with _registry_lock:
+                _temp_workdirs.add(self.workdir)
+        self.nodes: list[LocalKafka] = [
+            LocalKafka(self.workdir / f"node{i}", heap=heap, fast_jit=fast_jit, log_level=log_level,
+                       extra_properties=extra_properties, node_id=i)
+            for i in range(1, size + 1)
+        ]
+        self._started = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def start(self, timeout: float = 120) -> LocalKafkaCluster:
+        """Format every node with one cluster id on fresh ports, start them all,
+        and block until every node serves metadata naming all the brokers."""
+        if self._started:
+            raise RuntimeError("this LocalKafkaCluster was already started; restart nodes with restart(node_id)")
+        lib = ensure_jars()
+        deadline = time.monotonic() + timeout
+        every_id = frozenset(node.node_id for node in self.nodes)
+        attempt = 1
+        while True:
+            self._configure(lib)
+            # Formatting is a JVM start each: in parallel.
+            with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+                list(pool.map(lambda node: node._format(), self.nodes))
+            try:
+                # All launched before any is waited for: no node is ready
+                # before the quorum has a majority.
+                for node in self.nodes:
+                    node._launch()
+                for node in self.nodes:
+                    node._wait_ready(deadline)
+                self._wait_registered(every_id, deadline)
+                self._started = True
+                return self
+            except RuntimeError:
+                for node in self.nodes:
+                    node.kill()
+                if attempt == 3 or not any(node._bind_failed() for node in self.nodes):
+                    raise
+                attempt += 1
+            except BaseException:
+                for node in self.nodes:
+                    node.kill()
+                raise
+
+    def _configure(self, lib: Path) -> None:
+        ports = set()
+        while len(ports) < 2 * len(self.nodes):
+            ports.add(_free_port())
+        ordered = sorted(ports)
+        cluster_id = _cluster_id()
+        for i, node in enumerate(self.nodes):
+            node._client_port, node._controller_port = ordered[2 * i], ordered[2 * i + 1]
+        voters = ",".join(f"{node.node_id}@127.0.0.1:{node._controller_port}" for node in self.nodes)
+        for node in self.nodes:
+            node._lib = lib
+            node._voters, node._cluster_id = voters, cluster_id
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+            node.log_path.unlink(missing_ok=True)
+            node.stdout_path.unlink(missing_ok=True)
+            node._write_config()
+
+    def _wait_registered(self, node_ids: frozenset[int], deadline: float) -> None:
+        while not _probe_metadata(self.bootstrap_servers, timeout=5.0, node_ids=node_ids):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(self.nodes[0]._failure(f"brokers {sorted(node_ids)} did not all register in time"))
+            time.sleep(0.2)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would; its data is kept for :meth:`restart`."""
+        self.node(node_id).kill()
+
+    def restart(self, node_id: int, timeout: float = 90) -> None:
+        """Start one node again on its ports and data; block until it serves metadata."""
+        self.node(node_id).restart(timeout)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM every node at once, SIGKILL what still runs after ``timeout`` seconds.
+
+        At once, not one by one: the last nodes of a cluster stopped one by one
+        wait for a quorum that is gone before they give up."""
+        running = [node for node in self.nodes if node.running]
+        for node in running:
+            assert node._proc is not None
+            node._proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        for node in running:
+            assert node._proc is not None
+            try:
+                node._proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node._proc.kill()
+                node._proc.wait()
+        for node in self.nodes:
+            node._reap()
+
+    def __enter__(self) -> LocalKafkaCluster:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            with _registry_lock:
+                _temp_workdirs.discard(self.workdir)
+
+    def __repr__(self) -> str:
+        return f"<LocalKafkaCluster {[repr(node) for node in self.nodes]}>"
+
+
 # -- command line --------------------------------------------------------------
 
 
@@ -628,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--heap", default="512m", help="JVM -Xmx (default 512m; benchmarks use 1g)")
     start.add_argument("--no-fast-jit", dest="fast_jit", action="store_false", help="full JIT, for benchmarks")
     start.add_argument("--timeout", type=float, default=90, help="seconds to wait for readiness")
+    start.add_argument("--nodes", type=int, default=1, help="1 (default) or 3+: a replicated KRaft cluster")
     args = parser.parse_args(argv)
 
     if args.command == "fetch":
@@ -647,7 +1029,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    broker = LocalKafka(args.workdir, heap=args.heap, fast_jit=args.fast_jit)
+    broker: LocalKafka | LocalKafkaCluster
+    if args.nodes > 1:
+        broker = LocalKafkaCluster(args.nodes, args.workdir, heap=args.heap, fast_jit=args.fast_jit)
+    else:
+        broker = LocalKafka(args.workdir, heap=args.heap, fast_jit=args.fast_jit)
     try:
         broker.start(timeout=args.timeout)
     except RuntimeError as exc:
@@ -657,12 +1043,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     starting = False
     print(f"bootstrap_servers={broker.bootstrap_servers}", flush=True)
-    print(f"kafka_local: pid {broker.pid}, workdir {broker.workdir}, log {broker.log_path}", file=sys.stderr, flush=True)
+    nodes = broker.nodes if isinstance(broker, LocalKafkaCluster) else [broker]
+    for node in nodes:
+        print(f"kafka_local: node {node.node_id} pid {node.pid}, workdir {node.workdir}, log {node.log_path}",
+              file=sys.stderr, flush=True)
     try:
         while not stop_requested.wait(1.0):
-            if not broker.running:
-                print(broker._failure("Kafka broker exited unexpectedly"), file=sys.stderr)
-                return 1
+            for node in nodes:
+                if not node.running:
+                    print(node._failure("Kafka broker exited unexpectedly"), file=sys.stderr)
+                    return 1
     finally:
         broker.stop()
     return 0

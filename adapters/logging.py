@@ -400,8 +400,9 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final],
         )
     )
-    from adapters.kafka_noise import RepeatedClientErrors
+    from adapters.kafka_noise import RepeatedClientErrors, TransientStartupErrors
 
+    handler.addFilter(TransientStartupErrors())
     handler.addFilter(RepeatedClientErrors())
     root = logging.getLogger()
     if _installed_handler is not None:

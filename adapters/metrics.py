@@ -24,6 +24,7 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     consumer_lag{group,topic,partition}
     restore_records_total{partition}, restore_seconds{partition}, restore_in_progress
     token_refreshes_total{appid,mode}
+    token_refresh_failures_total{appid,mode}  token fetches that failed (the old token may still serve)
     parked_appids, parked_appid{appid}    1 while an appid is parked on quota
     assigned_partitions{role}             processor|deliverer
     partition_stalled{role,partition,reason}  1 while a partition cannot make progress
@@ -31,6 +32,7 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     broker_retries_total{role,reason}     Kafka operations retried (one per attempt; logged once per change)
     producer_replacements_total{role,reason}  transactional producers replaced after a fatal state or timeout
     dlq_truncated_total                   DLQ copies cut to fit the broker's limit (size and hash in headers)
+    divergences_total{kind}               differences ``reconcile`` found, by kind (consumers.reconcile.DIFFERENCE_KINDS)
     ready                                 1 while every readiness check passes
 """
 
@@ -133,6 +135,13 @@ class Metrics:
         self.token_refreshes_total = Counter(
             "token_refreshes", "Access tokens fetched, by appid and token mode", ["appid", "mode"], namespace=ns, registry=r
         )
+        self.token_refresh_failures_total = Counter(
+            "token_refresh_failures",
+            "Access token fetches that failed, by appid and token mode",
+            ["appid", "mode"],
+            namespace=ns,
+            registry=r,
+        )
         self.parked_appids = Gauge(
             "parked_appids", "Appids parked until their quota resets", namespace=ns, registry=r
         )
@@ -179,6 +188,9 @@ class Metrics:
         )
         self.dlq_truncated_total = Counter(
             "dlq_truncated", "DLQ copies whose value was cut to fit the broker's limit", namespace=ns, registry=r
+        )
+        self.divergences_total = Counter(
+            "divergences", "Differences found by reconcile, by kind", ["kind"], namespace=ns, registry=r
         )
         self.ready = Gauge("ready", "1 while the component is ready", namespace=ns, registry=r)
 

@@ -21,6 +21,7 @@ ENV_PREFIX = "INVOICE_SM_"
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 TokenMode = Literal["stable", "classic", "component", "external"]
 
 
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_client_id: str = "invoice-sm"
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, description="how soon a dead instance's partitions move")
+    kafka_compression_type: CompressionType = Field(
+        default="none", description="codec of the record batches this service writes (every codec is read)"
+    )
     kafka_transaction_timeout_ms: int = Field(
         default=60_000, ge=1000, description="the broker aborts a transaction open longer than this (the processor then re-initialises)"
     )
@@ -54,6 +58,17 @@ class Settings(BaseSettings):
     topic_dlq: str = "invoice.events.dlq"
     topic_partitions: int = Field(default=6, ge=1, description="partitions when topics are created")
     topic_replication_factor: int = Field(default=1, ge=1)
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of created topics (default: 2 when the replication factor is 3 or more, else 1)"
+    )
+    topic_outcomes_retention_ms: int = Field(default=30 * 86_400_000, ge=-1, description="retention.ms of the outcomes topic (-1: never expires)")
+    topic_deliveries_retention_ms: int = Field(
+        default=30 * 86_400_000, ge=-1, description="retention.ms of the deliveries topic: long enough for reconciliation (-1: never expires)"
+    )
+    topic_dlq_retention_ms: int = Field(default=30 * 86_400_000, ge=-1, description="retention.ms of the DLQ (-1: never expires)")
+    allow_finite_event_retention: bool = Field(
+        default=False, description="start even when the events topic (the source of truth) has a finite retention"
+    )
     create_topics: bool = True
 
     # Processor
@@ -107,6 +122,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("topic_outcomes_retention_ms", "topic_deliveries_retention_ms", "topic_dlq_retention_ms")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (never expires) or a positive number of milliseconds")
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -179,4 +201,10 @@ def load_settings(**overrides: Any) -> Settings:
         # Never echo the input: it may be a secret.
         raise ConfigurationError(env_name(field), first["msg"]) from None
     settings.require_sasl()
+    if settings.topic_min_insync_replicas is not None and settings.topic_min_insync_replicas > settings.topic_replication_factor:
+        raise ConfigurationError(
+            env_name("topic_min_insync_replicas"),
+            f"{settings.topic_min_insync_replicas} is more than the replication factor "
+            f"({settings.topic_replication_factor}): no write could ever be acknowledged",
+        )
     return settings

@@ -139,6 +139,9 @@ class TokenProvider(abc.ABC):
     refreshes: int
     #: Called as ``on_refresh(appid, mode)`` after each successful fetch.
     on_refresh: RefreshHook | None
+    #: Called as ``on_refresh_failure(appid, mode)`` after each failed fetch
+    #: (once per fetch, not per caller sharing it); set after construction.
+    on_refresh_failure: RefreshHook | None = None
 
     @abc.abstractmethod
     async def get(self, appid: str) -> AccessToken:
@@ -215,6 +218,7 @@ class CachingTokenProvider(TokenProvider):
                 value, expires_in = await self._fetch(appid)
             except WeChatError as exc:
                 slot.failure = exc
+                self._call_hook(self.on_refresh_failure, appid)
                 return self._fallback(slot, exc)
             finally:
                 slot.finished += 1
@@ -280,12 +284,15 @@ class CachingTokenProvider(TokenProvider):
         slot.retry_at = 0.0
         self.refreshes += 1
         log.info("wechat_token_refreshed", appid=appid, mode=self.mode, expires_in_s=expires_in)
-        if self.on_refresh is not None:
+        self._call_hook(self.on_refresh, appid)
+        return token
+
+    def _call_hook(self, hook: RefreshHook | None, appid: str) -> None:
+        if hook is not None:
             try:
-                self.on_refresh(appid, self.mode)
+                hook(appid, self.mode)
             except Exception:  # a metrics hook must never fail a delivery
                 log.exception("wechat_token_refresh_hook_failed", appid=appid)
-        return token
 
 
 class _SingleAccountProvider(CachingTokenProvider):

@@ -1,12 +1,19 @@
 """The WeChat ``card/invoice/platform/updatestatus`` call, over one pooled httpx client.
 
+The client is ``httpx.AsyncClient`` over ``adapters.http_transport.AiohttpTransport``
+(aiohttp's connection pool and parser beneath httpx's interface): one pool
+for ``updatestatus`` and the token endpoints.
+
 ``WeChatClient.update_status`` sends one status change and translates every
 way it can end into the domain's error tree (``domain.errors``)::
 
     answer / failure                                   raised
-    errcode 0 or missing                               (returns UpdateResult)
+    errcode 0                                          (returns UpdateResult)
     40001, 40014, 42001 (token)                        invalidate, retry once; again -> TokenInvalidError
-    -1, 45011, 72036, HTTP 5xx/408/429, 2xx non-JSON   TransientWeChatError
+    -1, 45011, 72036, HTTP 408/429, 2xx non-JSON       TransientWeChatError
+    HTTP 502, 504; any other 5xx after the request
+      was written; 2xx JSON without errcode            UnknownResultError (may have been applied)
+    other 5xx before the request was written           TransientWeChatError
     ConnectError, ConnectTimeout, PoolTimeout, ProxyError   TransientWeChatError (never sent)
     ReadTimeout, WriteTimeout, ReadError, WriteError,
       RemoteProtocolError, other transport errors      UnknownResultError (may have been applied)
@@ -18,6 +25,17 @@ Errors that carry no WeChat errcode (HTTP and transport failures) use
 errcode -1 and set ``http_status`` when there was an answer; the exception's
 *class* is the decision, and -1 classifies as transient, consistent with
 every such error except a non-JSON HTTP 4xx (a wrong base URL, say).
+Whether the request was written comes from the transport
+(``response.extensions["request_written"]``, see ``adapters.http_transport``);
+an answer without it counts as written. A 2xx JSON answer without
+``errcode`` is not WeChat's (a proxy, a captive portal): not a success,
+and WeChat may or may not have got the call.
+
+Per call the work is small: the URL with ``?access_token=`` is built once
+per token, the request is built here and handed to ``AsyncClient.send``
+(no per-call merging of base URL, params and cookies), the body is one
+``msgspec`` encode and the answer one ``msgspec`` decode into a two-field
+struct.
 
 The token retry is a loop of at most two HTTP calls, never recursion: the
 well-known SDKs' unbounded refresh-and-retry recursion is what this avoids.
@@ -33,11 +51,9 @@ credential query parameters for anyone who must log a URL.
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -45,6 +61,7 @@ from typing import Any, Final, Self
 import httpx
 import msgspec
 
+from adapters.http_transport import AiohttpTransport
 from adapters.logging import get_logger
 from adapters.settings import Settings
 from adapters.tokens import (
@@ -87,6 +104,9 @@ _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
 _BAD_REQUEST: Final = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
 _MAX_ERRMSG: Final = 200
+# 5xx answers that mean "a gateway gave up waiting for WeChat": the call may have gone through.
+_GATEWAY_GAVE_UP: Final = frozenset({502, 504})
+_CONTENT_TYPE: Final = (b"Content-Type", b"application/json")
 
 _CREDENTIAL_PARAM_RE: Final = re.compile(
     r"(?i)(?<=[?&;])((?:access_token|component_access_token|authorizer_access_token|"
@@ -144,7 +164,6 @@ class WeChatClient:
         owns_client: bool | None = None,
         owns_tokens: bool = False,
         clock: Callable[[], float] = time.perf_counter,
-        more_clients: Sequence[httpx.AsyncClient] = (),
     ) -> None:
         if client is not None and transport is not None:
             raise ValueError("pass either client= or transport=, not both")
@@ -157,13 +176,14 @@ class WeChatClient:
             )
             owns_client = True if owns_client is None else owns_client
         self._http = client
-        # Calls go round-robin over the shards (see ``POOL_SHARD_SIZE``).
-        self._shards = [client, *more_clients]
-        self._next_shard = itertools.cycle(self._shards)
         self._owns_client = bool(owns_client)
         self._tokens = tokens
         self._owns_tokens = owns_tokens
-        self._url = base_url.rstrip("/") + UPDATESTATUS_PATH
+        self._url = httpx.URL(base_url.rstrip("/") + UPDATESTATUS_PATH)
+        # The URL with ``?access_token=`` of the token last used: built once per token.
+        self._token_url: tuple[str, httpx.URL] = ("", self._url)
+        # ``client.send`` of a request built here: the client's timeouts go along.
+        self._extensions = {"timeout": client.timeout.as_dict()}
         self._clock = clock
 
     @classmethod
@@ -181,26 +201,16 @@ class WeChatClient:
         Raises ``ConfigurationError`` naming the setting when credentials are missing.
         """
         settings.require_wechat()  # before the pool exists, so a bad setting leaks nothing
-        concurrency = settings.delivery_concurrency
-        shards = [
-            new_http_client(
-                timeout_s=settings.wechat_timeout_s,
-                max_connections=min(concurrency, POOL_SHARD_SIZE),
-                transport=transport,
-            )
-            for _ in range(max(1, math.ceil(concurrency / POOL_SHARD_SIZE)))
-        ]
+        http = new_http_client(
+            timeout_s=settings.wechat_timeout_s,
+            # One more than the workers: a token fetch never waits behind a full pool of calls.
+            max_connections=settings.delivery_concurrency + 1,
+            transport=transport,
+        )
         tokens = build_token_provider(
-            settings, shards[0], on_refresh=on_refresh, on_refresh_token_rotated=on_refresh_token_rotated
+            settings, http, on_refresh=on_refresh, on_refresh_token_rotated=on_refresh_token_rotated
         )
-        return cls(
-            tokens,
-            base_url=settings.wechat_base_url,
-            client=shards[0],
-            more_clients=shards[1:],
-            owns_client=True,
-            owns_tokens=True,
-        )
+        return cls(tokens, base_url=settings.wechat_base_url, client=http, owns_client=True, owns_tokens=True)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -215,8 +225,7 @@ class WeChatClient:
         if self._owns_tokens:
             await self._tokens.aclose()
         if self._owns_client:
-            for shard in self._shards:
-                await shard.aclose()
+            await self._http.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -246,10 +255,8 @@ class WeChatClient:
         ``idempotency_key``.
         """
         started = self._clock()
-        body = msgspec.json.encode(
-            {"card_id": card_id, "code": code, "reimburse_status": ReimburseStatus(status).value}
-        )
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+        body = _encode_body(_UpdateBody(card_id, code, ReimburseStatus(status).value))
+        headers = [_CONTENT_TYPE, (b"Idempotency-Key", idempotency_key.encode())]
         token = await self._tokens.get(appid)
         refreshed = False
         attempts = 0
@@ -273,27 +280,28 @@ class WeChatClient:
                 continue
             raise _ERROR_FOR_CLASS[error_class](errcode, errmsg, http_status=http_status)
 
-    async def _send(self, token: AccessToken, body: bytes, headers: dict[str, str]) -> tuple[int, str, int]:
+    def _url_for(self, token: AccessToken) -> httpx.URL:
+        value, url = self._token_url
+        if value != token.value:
+            url = self._url.copy_merge_params({"access_token": token.value})
+            self._token_url = (token.value, url)
+        return url
+
+    async def _send(
+        self, token: AccessToken, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, str, int]:
         """One HTTP call: ``(errcode, errmsg, http_status)`` of a JSON answer, or a ``WeChatError``."""
         error: WeChatError | None = None
         response: httpx.Response | None = None
+        request = httpx.Request("POST", self._url_for(token), headers=headers, content=body, extensions=self._extensions)
         try:
-            response = await next(self._next_shard).post(
-                self._url, params={"access_token": token.value}, content=body, headers=headers
-            )
+            response = await self._http.send(request)
         except httpx.HTTPError as exc:
             error = _translate_transport_error(exc)
         # Raised here, outside the handler, so the httpx exception (URL, token) is not its __context__.
         if error is not None or response is None:
             raise error or UnknownResultError(-1, "no answer from WeChat")
         return _parse_answer(response, token)
-
-
-#: Connections per httpx pool. httpcore 1.0 scans every connection for every
-#: queued request (O(connections x queue)), which made one pool of 256
-#: connections spend half the deliverer's CPU; pools of 16, round-robin,
-#: keep the scan short (bench/deliverer.py measured 79 -> 293 calls/s at 256).
-POOL_SHARD_SIZE = 16
 
 
 def new_http_client(
@@ -303,12 +311,41 @@ def new_http_client(
     max_keepalive_connections: int | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """A keep-alive pool: ``max_connections`` sockets, as many kept alive unless told otherwise."""
+    """A keep-alive pool of ``max_connections`` sockets over ``AiohttpTransport`` (or ``transport``).
+
+    One pool, not shards: aiohttp's connector hands out a free connection in
+    O(1), where httpcore 1.0 scanned every connection per queued request.
+    ``max_keepalive_connections`` applies only to an httpx transport of the
+    caller's (aiohttp keeps every idle connection for its keep-alive time).
+    """
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections if max_keepalive_connections is None else max_keepalive_connections,
     )
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, transport=transport)
+    if transport is None:
+        transport = AiohttpTransport(max_connections=max_connections)
+    return _HTTPClient(timeout=httpx.Timeout(timeout_s), limits=limits, transport=transport)
+
+
+class _AnswerCookiesIgnored(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """WeChat sets no cookies; httpx would parse every answer's headers for them (~30 µs)."""
+
+
+class _HTTPClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` that does not read cookies from answers (cookies set by hand still go out)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = _AnswerCookiesIgnored(self._cookies)
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._cookies = _AnswerCookiesIgnored(httpx.Cookies(cookies))
 
 
 def _translate_transport_error(exc: httpx.HTTPError) -> WeChatError:
@@ -323,30 +360,66 @@ def _translate_transport_error(exc: httpx.HTTPError) -> WeChatError:
     return UnknownResultError(-1, f"{name}: the update may have been applied")
 
 
+class _UpdateBody(msgspec.Struct):
+    card_id: str
+    code: str
+    reimburse_status: str
+
+
+class _Answer(msgspec.Struct):
+    """The two fields of WeChat's answer we read; a missing errcode stays ``None`` (not success)."""
+
+    errcode: int | None = None
+    errmsg: str | None = None
+
+
+_encode_body = msgspec.json.Encoder().encode
+_decode_answer = msgspec.json.Decoder(_Answer).decode
+
+
 def _parse_answer(response: httpx.Response, token: AccessToken) -> tuple[int, str, int]:
     status = response.status_code
-    if status >= 500 or status in (408, 429):
+    if status >= 500:
+        if status in _GATEWAY_GAVE_UP or response.extensions.get("request_written", True):
+            raise UnknownResultError(-1, f"HTTP {status} from WeChat: the update may have been applied", http_status=status)
+        raise TransientWeChatError(-1, f"HTTP {status} from WeChat before the request was written", http_status=status)
+    if status in (408, 429):
         raise TransientWeChatError(-1, f"HTTP {status} from WeChat", http_status=status)
-    data = _decode_object(response.content)
-    if data is None:
-        if response.is_success:
-            raise TransientWeChatError(-1, f"HTTP {status} from WeChat with a non-JSON body", http_status=status)
+    success = 200 <= status < 300
+    try:
+        answer = _decode_answer(response.content)
+    except msgspec.DecodeError:  # not JSON, not an object, or fields of the wrong type
+        answer = _slow_answer(response.content, status, success)
+    errcode = answer.errcode
+    if errcode is None:
+        if success:
+            raise UnknownResultError(
+                -1, f"HTTP {status} without an errcode, not WeChat's answer: the update may have been applied",
+                http_status=status,
+            )
         raise PermanentWeChatError(-1, f"HTTP {status} from WeChat without an errcode", http_status=status)
-    errcode = data.get("errcode", 0)
-    if not isinstance(errcode, int) or isinstance(errcode, bool):
-        raise TransientWeChatError(-1, "malformed errcode in WeChat's answer", http_status=status)
-    errmsg = data.get("errmsg")
-    text = errmsg if isinstance(errmsg, str) else ("ok" if errcode == 0 else "")
+    errmsg = answer.errmsg
+    text = errmsg if errmsg is not None else ("ok" if errcode == 0 else "")
     # WeChat does not echo the token, but an errmsg ends up in records and logs: be sure.
-    text = text.replace(token.value, "***")[:_MAX_ERRMSG]
-    if not response.is_success and errcode == 0:
+    if token.value in text:
+        text = text.replace(token.value, "***")
+    text = text[:_MAX_ERRMSG]
+    if not success and errcode == 0:
         raise PermanentWeChatError(-1, f"HTTP {status} from WeChat: {text}", http_status=status)
     return errcode, text, status
 
 
-def _decode_object(content: bytes) -> dict[str, Any] | None:
+def _slow_answer(content: bytes, status: int, success: bool) -> _Answer:
+    """An answer the typed decoder refused: which way it is wrong decides the error."""
     try:
-        data = msgspec.json.decode(content)
+        data: Any = msgspec.json.decode(content)
     except msgspec.DecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+        data = None
+    if not isinstance(data, dict):
+        if success:
+            raise TransientWeChatError(-1, f"HTTP {status} from WeChat with a non-JSON body", http_status=status)
+        raise PermanentWeChatError(-1, f"HTTP {status} from WeChat without an errcode", http_status=status)
+    errcode, errmsg = data.get("errcode"), data.get("errmsg")
+    if errcode is not None and (not isinstance(errcode, int) or isinstance(errcode, bool)):
+        raise TransientWeChatError(-1, "malformed errcode in WeChat's answer", http_status=status)
+    return _Answer(errcode=errcode, errmsg=errmsg if isinstance(errmsg, str) else None)

@@ -39,7 +39,7 @@ from types import ModuleType
 from bench.common import RESULTS_DIR, BenchContext, bench_kafka
 
 #: Suites in the order they run. Add yours here (module ``bench/<name>.py``).
-SUITES: list[str] = ["processor", "deliverer", "replay"]
+SUITES: list[str] = ["processor", "deliverer", "replay", "cluster"]
 
 
 def _load(name: str) -> ModuleType | None:

@@ -53,7 +53,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from adapters import kafka
+from adapters import kafka, topics
 from adapters.settings import Settings, load_settings
 from adapters.settings import settings_env as to_env
 
@@ -122,9 +122,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def create_topics(settings: Settings, *specs: kafka.TopicSpec) -> dict[str, int]:
+async def create_topics(settings: Settings, *specs: topics.TopicSpec) -> dict[str, int]:
     """Create topics (all of ``settings``' topics when no spec is given)."""
-    return await kafka.ensure_topics(settings, list(specs) if specs else None)
+    return await topics.ensure_topics(settings, list(specs) if specs else None)
 
 
 # --------------------------------------------------------------------- inputs

@@ -72,7 +72,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from adapters import kafka
+from adapters import kafka, topics
 from bench import common
 from bench.common import BenchContext, Child, GroupProgress
 
@@ -291,9 +291,9 @@ async def _run_ceiling(
     settings = common.bench_settings(bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=input_topic, **overrides)
     await common.create_topics(
         settings,
-        kafka.TopicSpec(settings.topic_events, PARTITIONS),
-        kafka.TopicSpec(settings.topic_outcomes, PARTITIONS),
-        kafka.TopicSpec(settings.topic_state, PARTITIONS, compact=True),
+        topics.like(settings, "events", settings.topic_events, PARTITIONS),
+        topics.like(settings, "outcomes", settings.topic_outcomes, PARTITIONS),
+        topics.like(settings, "state", settings.topic_state, PARTITIONS),
     )
     child = Child(
         "bench.ceiling",
@@ -320,7 +320,7 @@ async def _run_quix(ctx: BenchContext, bootstrap: str, input_topic: str, ends: d
     name = common.unique("q")
     settings = common.bench_settings(bootstrap, name=name, state_root=ctx.workdir / "state")
     output = f"{name}.outcomes"
-    await common.create_topics(settings, kafka.TopicSpec(output, PARTITIONS))
+    await common.create_topics(settings, topics.like(settings, "outcomes", output, PARTITIONS))
     state_dir = ctx.workdir / "state" / name
     child = Child(
         "bench.quix_peer",
@@ -362,7 +362,8 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
     records = common.encoded_events(n_events, n_invoices, p["seed"])
     generate_s = time.perf_counter() - t
     input_topic = f"{common.unique('in')}.events"
-    await common.create_topics(common.bench_settings(bootstrap, state_root=ctx.workdir), kafka.TopicSpec(input_topic, PARTITIONS))
+    input_settings = common.bench_settings(bootstrap, state_root=ctx.workdir)
+    await common.create_topics(input_settings, topics.like(input_settings, "events", input_topic, PARTITIONS))
     produced = await common.produce_fast(bootstrap, input_topic, records, PARTITIONS)
     ends = await common.end_offsets(bootstrap, input_topic, PARTITIONS)
     sizes = output_sizes(records, input_topic, PARTITIONS)
@@ -607,7 +608,9 @@ async def restore(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
     n = p["restore_invoices"]
     settings = common.bench_settings(bootstrap, name=common.unique("r"), state_root=ctx.workdir / "state")
     await common.create_topics(
-        settings, kafka.TopicSpec(settings.topic_events, PARTITIONS), kafka.TopicSpec(settings.topic_state, PARTITIONS, compact=True)
+        settings,
+        topics.like(settings, "events", settings.topic_events, PARTITIONS),
+        topics.like(settings, "state", settings.topic_state, PARTITIONS),
     )
     ctx.say(f"restore: publishing {n:,} state records")
     produced = await common.produce_fast(bootstrap, settings.topic_state, state_values(n), PARTITIONS)

@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMAND_MODULES = ("consumers.commands", "consumers.commands_delivery", "consumers.commands_history", "consumers.commands_ops")
+COMMAND_MODULES = (
+    "consumers.commands", "consumers.commands_delivery", "consumers.commands_history", "consumers.commands_ops",
+    "consumers.commands_topics",
+)
 
 
 def _load_commands() -> None:

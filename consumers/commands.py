@@ -53,7 +53,7 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schemas_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--write", action="store_true", help="write schemas/*.schema.json and schemas/asyncapi.yaml")
+    p.add_argument("--write", action="store_true", help="write schemas/*.schema.json and schemas/asyncapi.json")
     p.add_argument("--check", action="store_true", help="exit 1 if the checked-in files differ")
 
 

@@ -57,7 +57,8 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
         "--write-state-topic", metavar="TOPIC",
         help="write the rebuilt states (latest per invoice) to this compacted topic; the only side effect replay has",
     )
-    p.add_argument("--force", action="store_true", help="allow --write-state-topic to name a live topic")
+    p.add_argument("--force", action="store_true",
+                   help="allow --write-state-topic to name a live topic, or to write from a history whose beginning is gone")
     p.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
     p.epilog = (
@@ -85,6 +86,7 @@ def replay_command(settings: Settings, args: argparse.Namespace) -> int:
             state_dir=_explicit_state_dir(args),
             write_state_topic=args.write_state_topic,
             allow_live_topic=args.force,
+            allow_truncated=args.force,
             progress=not args.no_progress,
         )
         with result:
@@ -104,12 +106,17 @@ def replay_command(settings: Settings, args: argparse.Namespace) -> int:
 def _reconcile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wechat-sim-url", metavar="URL", help="ask the WeChat simulator's control API for each card's status")
     p.add_argument("--repair", action="store_true", help="enqueue invoice.status.repair outcomes for what WeChat has wrong")
+    p.add_argument("--force", action="store_true",
+                   help="--repair even when invoice.events no longer holds its beginning (retention truncated it)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH ('-' for stdout)")
     p.add_argument("--grace-s", type=float, default=30.0, metavar="SECONDS",
                    help="accepted outcomes younger than this without a delivery record are in flight, not missing "
                         "(default 30)")
     p.add_argument("--examples", type=int, default=5, metavar="N", help="examples shown per kind (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    p.add_argument("--metrics-file", metavar="PATH",
+                   help="write invoice_sm_divergences_total{kind} to PATH in the Prometheus text format "
+                        "(for node_exporter's textfile collector; deploy/alerts.yml alerts on it)")
     p.epilog = (
         "Exit codes: 0 no differences, 3 differences found (also after --repair: they remain until delivered), "
         "1 failure, 2 configuration error. The replay is in memory, or on disk under DIR/replay/ with an explicit "
@@ -124,6 +131,11 @@ def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.reconcile import print_report, reconcile
 
     configure(settings)
+    metrics = None
+    if args.metrics_file:
+        from adapters.metrics import Metrics
+
+        metrics = Metrics()
     report = asyncio.run(
         reconcile(
             settings,
@@ -132,8 +144,14 @@ def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
             grace_s=args.grace_s,
             state_dir=_explicit_state_dir(args),
             progress=not args.no_progress,
+            metrics=metrics,
+            force=args.force,
         )
     )
+    if metrics is not None:
+        from prometheus_client import write_to_textfile
+
+        write_to_textfile(args.metrics_file, metrics.registry)
     if args.json != "-":
         print_report(report, examples=args.examples)
     if args.json:

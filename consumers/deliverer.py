@@ -93,6 +93,9 @@ from domain.status import ReimburseStatus
 from domain.wechat_errors import MINUTE_QUOTA_ERRCODE, STATUS_ERRCODE, ErrorClass, classify
 
 log = structlog.get_logger("invoice_sm.deliverer")
+#: Delivery records are plain JSON (wire.DeliveryRecord), not CloudEvents:
+#: the header says so (the CloudEvents Kafka binding reads the content-type).
+DELIVERY_HEADERS: list[tuple[str, bytes]] = [("content-type", b"application/json")]
 
 CHINA = timezone(timedelta(hours=8))  # no DST: a fixed offset is exact
 DELIVERABLE = frozenset({"invoice.status.accepted", "invoice.status.repair"})
@@ -192,7 +195,8 @@ class PartitionLane:
     def add(self, record: ConsumerRecord) -> Job | None:
         """Register a consumed outcome; returns the job if it needs a call."""
         outcome = wire.decode_outcome(record.value) if record.value else None
-        if outcome is None or outcome.type not in DELIVERABLE or outcome.data.to_status is None:
+        # A WeChat-reported status is already on the card: never echoed back.
+        if outcome is None or outcome.type not in DELIVERABLE or outcome.data.to_status is None or outcome.data.origin == "wechat":
             self.work[record.offset] = None
             return None
         data = outcome.data
@@ -273,7 +277,8 @@ class PartitionLane:
                         key = wire.decode_delivery(record)
                         keys.append(key.idempotency_key.encode())
                         await batch.add(
-                            settings.topic_deliveries, partition, invoice_key(key.card_id, key.code).encode(), record
+                            settings.topic_deliveries, partition, invoice_key(key.card_id, key.code).encode(), record,
+                            DELIVERY_HEADERS,
                         )
                 await batch.flush()
                 with kafka.broker_errors("commit delivery transaction"):
@@ -600,12 +605,23 @@ class Deliverer(ConsumerRebalanceListener):
                 if self.metrics is not None:
                     self.metrics.token_refreshes_total.labels(appid=appid, mode=mode).inc()
 
+            def refresh_failed(appid: str, mode: str) -> None:
+                if self.metrics is not None:
+                    self.metrics.token_refresh_failures_total.labels(appid=appid, mode=mode).inc()
+
             self.client = WeChatClient.from_settings(settings, on_refresh=refreshed)
+            self.client.tokens.on_refresh_failure = refresh_failed
+            if self.metrics is not None and self.default_appid:
+                # At zero from the start, so that the first failure is an increase an alert sees.
+                self.metrics.token_refresh_failures_total.labels(appid=self.default_appid, mode=self.client.tokens.mode)
         try:
             await self._check_credentials()
             self.partitions = await kafka.ensure_topics(settings)
             consumer = kafka.new_consumer(
-                settings, group_id=self.group_id, session_timeout_ms=settings.kafka_session_timeout_ms, heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500)
+                settings, group_id=self.group_id, session_timeout_ms=settings.kafka_session_timeout_ms, heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
+                # read_committed: a fetch parked at the broker is not woken when a transaction
+                # commits, so aiokafka's default 500 ms wait became delivery latency.
+                fetch_max_wait_ms=50,
             )
             self.consumer = consumer
             consumer.subscribe([settings.topic_outcomes], listener=self)

@@ -4,7 +4,11 @@ Starts a real Kafka broker (``adapters.kafka_local``) and the WeChat
 simulator, runs the processor and the deliverer, publishes a realistic
 stream (legal and illegal moves, repeated events, malformed records), makes
 WeChat fail a few times on the way, waits until every accepted status has
-a final delivery record, and prints what happened.
+a final delivery record, and prints what happened, then where to look next.
+
+The screen shows the demo's own lines and the service's warnings; the whole
+log (JSON, INFO) goes to a file, named at the end with the metrics URL and
+the commands to try (``--keep`` keeps everything up for them).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import asyncio
 import contextlib
 import json
 import random
+import shlex
+import socket
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -82,16 +89,52 @@ def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
     yield from malformed
 
 
-async def _run(settings: Settings, sim: Any, n_invoices: int, console: Console) -> dict[str, Any]:
-    from adapters import kafka
+class _LogTee:
+    """Every log line to the file; warnings and errors also to the screen, short."""
+
+    def __init__(self, file: IO[str], console: Console) -> None:
+        self.file = file
+        self.console = console
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.file.write(text)
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                level = str(entry.get("level", "")).lower()
+                if level in ("warning", "error", "critical"):
+                    colour = "yellow" if level == "warning" else "red"
+                    self.console.print(f"[{colour}]{level}[/] {entry.get('event', '')}", highlight=False, markup=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+async def _run(settings: Settings, sim: Any, n_invoices: int, console: Console, metrics: Any) -> dict[str, Any]:
+    from adapters import topics
+    from adapters.health import HealthServer
     from consumers.deliverer import Deliverer
     from consumers.processor import Processor
     from consumers.publish import publish_lines
 
     lines = list(demo_stream(n_invoices))
-    await kafka.ensure_topics(settings)
+    await topics.ensure_topics(settings)
     stop = asyncio.Event()
-    processor, deliverer = Processor(settings), Deliverer(settings)
+    processor = Processor(settings, metrics=metrics)
+    deliverer = Deliverer(settings, metrics=metrics)
+    health = HealthServer(metrics, port=settings.metrics_port or 0)
+    await health.start()
+    health.add_readiness_check("processor", processor.is_ready)
+    health.add_readiness_check("deliverer", deliverer.ready_flag.is_set)
     tasks = [asyncio.create_task(processor.run(stop)), asyncio.create_task(deliverer.run(stop))]
     started = time.perf_counter()
     try:
@@ -107,6 +150,7 @@ async def _run(settings: Settings, sim: Any, n_invoices: int, console: Console) 
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await health.stop()
     dlq = await _read(settings, settings.topic_dlq)
     return {
         "events": report.sent,
@@ -178,15 +222,46 @@ def _summary(console: Console, result: dict[str, Any], sim: Any) -> None:
     )
 
 
+def _next_steps(console: Console, settings: Settings, sim_url: str, metrics_url: str, log_path: Path, keep: bool) -> None:
+    prefix = f"INVOICE_SM_KAFKA_BOOTSTRAP_SERVERS={shlex.quote(settings.kafka_bootstrap_servers)}"
+    console.print()
+    console.print("[bold]where to look next[/]")
+    console.print(f"  metrics    {metrics_url}  (deploy/alerts.yml alerts on these)", highlight=False, soft_wrap=True)
+    console.print(f"  logs       {log_path}  (JSON: every delivery, retry and committed batch)", highlight=False)
+    console.print(f"  replay     {prefix} invoice-sm replay", highlight=False, soft_wrap=True)
+    console.print(f"  reconcile  {prefix} invoice-sm reconcile --wechat-sim-url {sim_url}", highlight=False, soft_wrap=True)
+    console.print(f"  DLQ        {prefix} invoice-sm dlq list", highlight=False, soft_wrap=True)
+    if not keep:
+        console.print("  [dim]the broker, the simulator and the metrics stop now; `invoice-sm demo --keep` leaves them up[/]",
+                      soft_wrap=True)
+
+
+async def _serve_metrics(metrics: Any, port: int) -> None:
+    from adapters.health import HealthServer
+
+    async with HealthServer(metrics, port=port):
+        await asyncio.Event().wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_demo(n_invoices: int = 300, bootstrap: str | None = None, keep: bool = False) -> int:
     from adapters.kafka_local import LocalKafka
     from adapters.logging import configure_logging
+    from adapters.metrics import Metrics
     from simulator import SimulatorServer, WeChatSimulator
     from simulator.state import DEFAULT_ACCOUNTS
 
     console = Console()
-    configure_logging("console", "WARNING")
+    log_path = Path(tempfile.gettempdir()) / "invoice-sm-demo.log"
+    metrics = Metrics()
     with contextlib.ExitStack() as stack:
+        log_file = stack.enter_context(open(log_path, "w"))  # noqa: SIM115
+        configure_logging("json", "INFO", stream=_LogTee(log_file, console))
         if bootstrap is None:
             with console.status("starting a local Apache Kafka broker (KRaft, from Maven Central jars)…"):
                 broker = stack.enter_context(LocalKafka())
@@ -204,14 +279,17 @@ def run_demo(n_invoices: int = 300, bootstrap: str | None = None, keep: bool = F
             delivery_max_backoff_s=1.0,
             state_dir=workdir / "state",
             topic_partitions=6,
-            log_format="console",
-            log_level="WARNING",
+            log_format="json",
+            log_level="INFO",
+            metrics_port=_free_port(),
         )
-        result = asyncio.run(_run(settings, server.sim, n_invoices, console))
+        metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        console.print(f"[bold]metrics[/] {metrics_url}")
+        result = asyncio.run(_run(settings, server.sim, n_invoices, console, metrics))
         _summary(console, result, server.sim)
+        _next_steps(console, settings, server.base_url, metrics_url, log_path, keep)
         if keep:
-            console.print("broker and simulator stay up; Ctrl-C to stop")
+            console.print("broker, simulator and metrics stay up; Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
+                asyncio.run(_serve_metrics(metrics, settings.metrics_port or 0))
     return 0

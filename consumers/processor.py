@@ -360,7 +360,7 @@ class Processor(ConsumerRebalanceListener):
         if self.in_memory_state:
             return MemoryPartitionStore()
         path = Path(self.settings.state_dir) / f"{self.settings.topic_events}-{partition}"
-        return RocksPartitionStore(path)
+        return RocksPartitionStore(path, write_ahead_log=False)  # a cache of invoice.state
 
     def is_ready(self) -> bool:
         """Ready while consuming and no partition is stalled (``/readyz``)."""
@@ -514,6 +514,7 @@ class Processor(ConsumerRebalanceListener):
                     timeout_ms=settings.batch_timeout_ms,
                     max_records=settings.batch_max_records,
                     fatal=lambda: self._fatal,
+                    accepts=self.workers.__contains__,
                 )
             finally:
                 self.ready.clear()

@@ -16,7 +16,7 @@ from typing import IO
 
 import msgspec
 
-from adapters import kafka, wire
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from domain.errors import InvalidEventError
 from domain.model import invoice_key
@@ -52,7 +52,7 @@ async def publish_lines(
 ) -> PublishReport:
     report = PublishReport()
     if ensure:
-        await kafka.ensure_topics(settings)
+        await topics.ensure_topics(settings)
     producer = kafka.new_producer(settings, linger_ms=20)
     pending = []
     async with kafka.started(producer):

@@ -43,7 +43,7 @@ import httpx
 import msgspec
 import structlog
 
-from adapters import kafka, wire
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from consumers.replay import (
     ReplayResult,
@@ -707,14 +707,22 @@ async def reconcile(
     state_dir: Path | None = None,
     progress: bool = True,
     replayed: ReplayResult | None = None,
+    metrics: Any = None,
+    force: bool = False,
 ) -> ReconcileReport:
     """Replay, read the live topics, ask WeChat if it can be asked, compare.
 
     ``replayed`` reuses a replay already done (it must be from the
     beginning); otherwise one is run (in memory, or on disk under
     ``state_dir``) and closed here. With ``repair`` the repair outcomes are
-    enqueued (``report.enqueued``).
+    enqueued (``report.enqueued``). With ``metrics`` (an
+    ``adapters.metrics.Metrics``) every kind's count is added to
+    ``divergences_total{kind}``, zero included, so the series exist from the
+    first run on. A repair from a history whose beginning is gone is refused
+    unless ``force``.
     """
+    if repair:
+        await topics.refuse_truncated_history(settings, "reconcile --repair", force=force)
     started = time.perf_counter()
     now = datetime.now(UTC)
     own_replay = replayed is None
@@ -757,6 +765,9 @@ async def reconcile(
     report.undecodable = dict(index.undecodable)
     report.replay = replay_summary
     report.repair_requested = repair
+    if metrics is not None:
+        for kind, n in report.counts.items():
+            metrics.divergences_total.labels(kind=kind).inc(n)
     if repair:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         report.enqueued = await enqueue_repairs(settings, report.repairs, stamp)

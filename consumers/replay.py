@@ -46,7 +46,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, wire
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from adapters.store import InvoiceStates, RocksPartitionStore
 from domain.decide import decide
@@ -570,6 +570,7 @@ async def replay(
     state_dir: Path | None = None,
     write_state_topic: str | None = None,
     allow_live_topic: bool = False,
+    allow_truncated: bool = False,
     progress: bool = True,
 ) -> ReplayResult:
     """Rebuild every invoice's state from ``topic`` (default ``settings.topic_events``).
@@ -580,11 +581,17 @@ async def replay(
     partitions not named start at the beginning) or ``from_time`` replay a
     suffix only: the states are then built from that point, not the whole
     history. ``write_state_topic`` writes the rebuilt states there at the
-    end; a live topic's name is refused unless ``allow_live_topic``.
+    end; a live topic's name is refused unless ``allow_live_topic``, and a
+    history whose beginning is gone unless ``allow_truncated``. An events
+    topic whose records expire is refused (``adapters.topics``) unless
+    ``INVOICE_SM_ALLOW_FINITE_EVENT_RETENTION``.
 
     Returns the result with its store open; close it when done.
     """
     topic = topic or settings.topic_events
+    await topics.guard_event_retention(settings, topic)
+    if write_state_topic is not None:
+        await topics.refuse_truncated_history(settings, "--write-state-topic", force=allow_truncated, topic=topic)
     if write_state_topic is not None and not allow_live_topic:
         live = {settings.topic_events, settings.topic_outcomes, settings.topic_state, settings.topic_deliveries,
                 settings.topic_dlq}
@@ -663,7 +670,7 @@ async def scan(
 async def _write_states(settings: Settings, topic: str, store: ReplayStore, partitions: int) -> int:
     """Latest state per invoice to ``topic``, to the invoice's input partition
     (modulo the topic's size), as the processor's changelog is laid out."""
-    counts = await kafka.ensure_topics(settings, [kafka.TopicSpec(topic, max(partitions, 1), compact=True)])
+    counts = await topics.ensure_topics(settings, [topics.like(settings, "state", topic, max(partitions, 1))])
     size = counts[topic]
     producer = kafka.new_producer(settings, linger_ms=20)
     written = 0

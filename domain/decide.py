@@ -15,7 +15,7 @@ from domain.model import (
     LifecycleEvent,
     RejectReason,
 )
-from domain.status import TERMINAL_STATUSES
+from domain.status import TERMINAL_STATUSES, Origin
 
 
 def _remember(ids: tuple[str, ...], event_id: str) -> tuple[str, ...]:
@@ -28,7 +28,9 @@ def decide(state: InvoiceState | None, event: LifecycleEvent, now: str | None = 
 
     Order matters and is part of the contract: a duplicate id is judged
     before anything else; then the same status again is ``unchanged``; then
-    a terminal state refuses every move; then the lifecycle table.
+    a WeChat report is accepted as the card's new status (``legal`` says
+    whether the lifecycle allows the move); then a terminal state refuses
+    every upstream move; then the lifecycle table.
     """
     if state is None:
         state = InvoiceState.initial(event.card_id, event.code)
@@ -45,6 +47,14 @@ def decide(state: InvoiceState | None, event: LifecycleEvent, now: str | None = 
         kind, reason, trigger = DecisionKind.REJECTED, RejectReason.APPID_MISMATCH, None
     elif requested is current:
         kind, reason, trigger = DecisionKind.UNCHANGED, None, None
+    elif event.origin is Origin.WECHAT:
+        # A fact about the card, not a request: the state follows it, legal or
+        # not, and the decision says whether we had diverged.
+        trigger = None if current in TERMINAL_STATUSES else LEGAL_MOVES.get((current, requested))
+        moved = replace(
+            state, status=requested, version=state.version + 1, recent_event_ids=remembered, appid=appid, updated_at=now
+        )
+        return Decision(DecisionKind.ACCEPTED, event, current, requested, moved, trigger=trigger, legal=trigger is not None)
     elif current in TERMINAL_STATUSES:
         kind, reason, trigger = DecisionKind.REJECTED, RejectReason.TERMINAL_STATE, None
     else:

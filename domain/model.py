@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from msgspec import Struct
 
-from domain.status import ReimburseStatus
+from domain.status import Origin, ReimburseStatus
 
 #: How many event ids each invoice remembers for duplicate detection
 #: (ARCHITECTURE.md: "at least the last 32").
@@ -41,6 +41,7 @@ class LifecycleEvent(Struct, frozen=True, gc=False):
     requested_status: ReimburseStatus
     appid: str = ""
     time: str | None = None
+    origin: Origin = Origin.UPSTREAM
 
     @property
     def key(self) -> str:
@@ -96,6 +97,13 @@ class Decision(Struct, frozen=True, gc=False):
     state: InvoiceState
     reason: RejectReason | None = None
     trigger: str | None = None
+    #: For a WeChat report: whether the move was legal from what we held
+    #: (``False`` means we had diverged: alert, and reconcile shows it).
+    legal: bool = True
+
+    @property
+    def origin(self) -> Origin:
+        return self.event.origin
 
     @property
     def version(self) -> int:

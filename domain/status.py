@@ -14,12 +14,31 @@ class ReimburseStatus(StrEnum):
 
 TERMINAL_STATUSES: frozenset[ReimburseStatus] = frozenset({ReimburseStatus.CLOSURE, ReimburseStatus.CANCEL})
 
-#: CloudEvent ``type`` -> the status it asks for. ``invoice.status.set`` carries
-#: its target in ``data.reimburse_status`` and so maps to ``None`` here.
+class Origin(StrEnum):
+    """Who moved the card: an upstream request, or WeChat reporting a fact."""
+
+    UPSTREAM = "upstream"
+    WECHAT = "wechat"
+
+
+#: Written by the webhook when WeChat pushes a status change made elsewhere
+#: (a reimburser): a fact about the card, not a request (DOMAIN.md).
+WECHAT_STATUS_REPORTED = "invoice.wechat.status_reported"
+
+#: CloudEvent ``type`` -> the status it asks for. ``invoice.status.set`` and
+#: the WeChat report carry theirs in ``data.reimburse_status`` and so map to
+#: ``None`` here.
 EVENT_TYPE_TARGETS: dict[str, ReimburseStatus | None] = {
     "invoice.reimbursement.locked": ReimburseStatus.LOCK,
     "invoice.reimbursement.unlocked": ReimburseStatus.INIT,
     "invoice.reimbursement.closed": ReimburseStatus.CLOSURE,
     "invoice.red_flushed": ReimburseStatus.CANCEL,
     "invoice.status.set": None,
+    WECHAT_STATUS_REPORTED: None,
 }
+
+#: The origin of each event type (every type but WeChat's report is upstream's).
+EVENT_TYPE_ORIGINS: dict[str, Origin] = {t: Origin.UPSTREAM for t in EVENT_TYPE_TARGETS} | {WECHAT_STATUS_REPORTED: Origin.WECHAT}
+
+#: The event type that asks for each status, derived (the inverse of the fixed targets).
+STATUS_EVENT_TYPES: dict[ReimburseStatus, str] = {s: t for t, s in EVENT_TYPE_TARGETS.items() if s is not None}

@@ -6,10 +6,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from adapters.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from adapters.kafka_local import LocalKafkaCluster
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +33,17 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap_servers
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[LocalKafkaCluster]:
+    """A 3-node KRaft cluster (replication factor 3, min ISR 2) of the module's
+    own, started only for tests that ask for it (marker ``cluster``): they
+    kill its nodes."""
+    from adapters.kafka_local import LocalKafkaCluster
+
+    with LocalKafkaCluster(3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -131,8 +131,15 @@ async def test_two_deliverers_in_stable_mode_never_invalidate_each_others_token(
             wechat_token_mode="stable", delivery_commit_interval_ms=50,
         )
         events = four_step_lifecycles(300, seed=2)
-        await produce_events(settings, events)
         async with services(settings, deliverers=2) as deliverers:
+            # Publish only once both own partitions: a fast instance could
+            # otherwise deliver everything before the second one joins.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not all(d.lanes for d in deliverers):
+                assert loop.time() < deadline, "the two deliverers never shared the partitions"
+                await asyncio.sleep(0.1)
+            await produce_events(settings, events)
             await wait_for_count(settings, settings.topic_deliveries, len(events), timeout=120)
         assert all(d.counts["delivered"] > 0 for d in deliverers), "both instances delivered"
         calls = [c for c in server.sim.calls() if "updatestatus" in c.path]

@@ -9,13 +9,13 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka
+from adapters import kafka, topics
 from adapters.settings import Settings
 from tests.factories import encode
 
 
 async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], topic: str | None = None) -> int:
-    await kafka.ensure_topics(settings)
+    await topics.ensure_topics(settings)
     producer = kafka.new_producer(settings, linger_ms=10)
     count = 0
     async with kafka.started(producer):

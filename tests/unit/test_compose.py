@@ -1,10 +1,11 @@
-"""compose.yaml, the Dockerfile and deploy/prometheus.yml stay in step with
-the code: real settings, real subcommands, the default topics, matching
+"""compose.yaml, the Dockerfile, deploy/prometheus.yml and Grafana's
+provisioning under deploy/grafana/ stay in step with the code: real settings, real subcommands, the default topics, matching
 ports. There is no Docker engine in CI, so the files are parsed, not run;
 ``invoice-sm wechat-sim``, which compose runs, is exercised for real."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -18,12 +19,12 @@ import pytest
 import yaml
 
 import simulator.server
-from adapters.kafka import topic_specs
+from adapters.topics import topic_table
 from adapters.settings import ENV_PREFIX, Settings, load_settings
 from consumers.cli import COMMANDS, _load_commands, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "prometheus"}
+SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "prometheus", "grafana"}
 PROJECT_SERVICES = ("wechat-sim", "processor", "deliverer")
 METRICS_SERVICES = ("processor", "deliverer")
 #: ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}`` (compose interpolation).
@@ -202,13 +203,16 @@ def test_kafka_init_creates_exactly_the_default_topics_with_their_policies(servi
     assert init["image"] == services["kafka"]["image"]
     created = _created_topics(init)
     defaults = Settings.model_construct()  # field defaults, whatever the environment says
-    specs = {spec.name: spec for spec in topic_specs(defaults)}
+    specs = {spec.name: spec for spec in topic_table(defaults)}
     assert set(created) == set(specs)
     for name, options in created.items():
-        assert options["cleanup.policy"] == ("compact" if specs[name].compact else "delete"), name
+        configs = {k: v for k, v in options.items() if not k.startswith("--")}
+        assert configs == specs[name].configs(), name
         assert int(options["--partitions"]) == specs[name].partitions == defaults.topic_partitions, name
-        assert int(options["--replication-factor"]) == defaults.topic_replication_factor, name
+        assert int(options["--replication-factor"]) == specs[name].replication_factor, name
         assert options["--bootstrap-server"] == "kafka:9092", name
+    assert created[defaults.topic_events]["retention.ms"] == "-1"
+    assert created[defaults.topic_state]["cleanup.policy"] == "compact"
 
 
 def test_the_services_use_the_default_topic_names(services: dict[str, dict[str, Any]]) -> None:
@@ -224,7 +228,7 @@ def test_the_services_use_the_default_topic_names(services: dict[str, dict[str, 
 
 def test_every_port_is_published_on_loopback_once(services: dict[str, dict[str, Any]]) -> None:
     published: list[int] = []
-    for name in ("kafka", "wechat-sim", "processor", "deliverer", "prometheus"):
+    for name in ("kafka", "wechat-sim", "processor", "deliverer", "prometheus", "grafana"):
         ports = _ports(services[name])
         assert ports, f"{name} publishes no port"
         assert {host for host, _, _ in ports} == {"127.0.0.1"}, name
@@ -259,6 +263,62 @@ def test_prometheus_scrapes_the_metrics_endpoints(services: dict[str, dict[str, 
         for target in static["targets"]
     }
     assert targets == {f"{name}:{_metrics_port(services[name])}" for name in METRICS_SERVICES}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> host path of each bind mount (short syntax)."""
+    return {parts[1]: parts[0] for parts in (str(spec).split(":") for spec in service["volumes"])}
+
+
+def test_prometheus_loads_the_alert_rules(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    mounts = _mounts(services["prometheus"])
+    assert config["rule_files"], "deploy/prometheus.yml loads no rules"
+    for path in config["rule_files"]:
+        assert mounts.get(path) == "./deploy/alerts.yml", f"{path} is not deploy/alerts.yml in the container"
+
+
+def test_grafana_is_the_official_image_provisioned_from_deploy(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    mounts = _mounts(grafana)
+    provisioning = REPO / mounts["/etc/grafana/provisioning"]
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    assert "prometheus" in grafana["depends_on"]
+
+    datasources = [
+        ds
+        for f in sorted((provisioning / "datasources").glob("*.yml"))
+        for ds in yaml.safe_load(f.read_text())["datasources"]
+    ]
+    prometheus_port = _ports(services["prometheus"])[0][2]
+    assert [(ds["type"], ds["url"]) for ds in datasources] == [("prometheus", f"http://prometheus:{prometheus_port}")]
+
+    providers = [
+        p
+        for f in sorted((provisioning / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
+    assert providers, "no dashboard provider"
+    uids = {ds["uid"] for ds in datasources}
+    dashboards = 0
+    for provider in providers:
+        host_dir = REPO / mounts[provider["options"]["path"]]
+        files = sorted(host_dir.glob("*.json"))
+        assert files, f"{host_dir} holds no dashboard"
+        for path in files:
+            dashboard = json.loads(path.read_text())
+            dashboards += 1
+            panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+            assert panels, path
+            for panel in panels:
+                assert panel["datasource"]["uid"] in uids, f"{path.name}: {panel['title']} names no provisioned datasource"
+                assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+    assert dashboards
+    home = _environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert home.startswith(providers[0]["options"]["path"] + "/")
+        assert (REPO / mounts[providers[0]["options"]["path"]] / home.rsplit("/", 1)[1]).exists()
 
 
 # --------------------------------------------------------------------------

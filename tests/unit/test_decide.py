@@ -135,3 +135,49 @@ def test_folding_the_same_events_twice_gives_the_same_state(sequence: list[Lifec
     # (within the remembered window), so nothing moves.
     again = fold(sequence, dict(once))
     assert {k: (s.status, s.version) for k, s in again.items()} == {k: (s.status, s.version) for k, s in once.items()}
+
+
+# --- WeChat as a second writer ----------------------------------------------
+
+
+def reported(status: S, event_id: str, appid: str = "wx1") -> LifecycleEvent:
+    from domain.status import WECHAT_STATUS_REPORTED, Origin
+
+    return LifecycleEvent(event_id, WECHAT_STATUS_REPORTED, "c1", "1", status, appid, origin=Origin.WECHAT)
+
+
+def test_a_wechat_report_is_a_fact_the_state_follows_and_later_requests_are_judged_against_it() -> None:
+    locked = decide(None, ev(S.LOCK, "u1"))
+    closed = decide(locked.state, reported(S.CLOSURE, "w1"))
+    assert (closed.kind, closed.state.status, closed.state.version, closed.legal) == (DecisionKind.ACCEPTED, S.CLOSURE, 2, True)
+    flushed = decide(closed.state, ev(S.CANCEL, "u2"))
+    assert (flushed.kind, flushed.reason) == (DecisionKind.REJECTED, RejectReason.TERMINAL_STATE)
+
+
+def test_an_illegal_wechat_report_is_still_followed_and_flagged_as_divergence() -> None:
+    closed = decide(None, reported(S.CLOSURE, "w1"))  # INIT -> CLOSURE: must lock first
+    assert (closed.kind, closed.state.status, closed.legal, closed.trigger) == (DecisionKind.ACCEPTED, S.CLOSURE, False, None)
+    reopened = decide(closed.state, reported(S.INIT, "w2"))  # out of a terminal status
+    assert (reopened.kind, reopened.state.status, reopened.legal) == (DecisionKind.ACCEPTED, S.INIT, False)
+
+
+def test_the_same_status_reported_again_is_unchanged_and_a_retried_push_is_a_duplicate() -> None:
+    locked = decide(None, reported(S.LOCK, "w1"))
+    again = decide(locked.state, reported(S.LOCK, "w2"))
+    assert (again.kind, again.state.version) == (DecisionKind.UNCHANGED, 1)
+    retried = decide(locked.state, reported(S.LOCK, "w1"))
+    assert retried.kind is DecisionKind.DUPLICATE
+
+
+def test_a_wechat_report_outcome_says_its_origin_and_legality() -> None:
+    import msgspec
+
+    from adapters import wire
+
+    where = type("Where", (), {"topic": "t", "partition": 0, "offset": 7})()
+    closed = decide(None, reported(S.CLOSURE, "w1"))
+    data = msgspec.json.decode(wire.outcome_bytes(closed, where, "2026-12-02T00:00:00Z", "c1/1"))["data"]
+    assert (data["origin"], data["legal"], data["to_status"]) == ("wechat", False, "INVOICE_REIMBURSE_CLOSURE")
+    upstream = decide(None, ev(S.LOCK, "u1"))
+    data = msgspec.json.decode(wire.outcome_bytes(upstream, where, "2026-12-02T00:00:00Z", "c1/1"))["data"]
+    assert (data["origin"], data["legal"]) == ("upstream", None)

@@ -50,7 +50,8 @@ def test_every_metric_is_registered_under_the_invoice_sm_prefix() -> None:
         "events", "dlq", "batches", "batch_seconds", "deliveries", "wechat_calls", "wechat_latency_seconds",
         "consumer_lag", "restore_records", "restore_seconds", "restore_in_progress", "token_refreshes",
         "parked_appids", "parked_appid", "delivery_queue_depth", "deliveries_in_flight",
-        "delivery_attempts", "assigned_partitions", "ready",
+        "delivery_attempts", "assigned_partitions", "ready", "partition_stalled", "token_refresh_failures",
+        "divergences",
     }
     assert {f"invoice_sm_{n}" for n in expected} <= names
     assert all(n.startswith("invoice_sm_") for n in names)

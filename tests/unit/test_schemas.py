@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import json
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -35,10 +37,148 @@ def test_produced_state_validates_against_the_checked_in_schema() -> None:
     jsonschema.Draft202012Validator(schemas.load("state")).validate(json.loads(wire.encode_state(state)))
 
 
+def _asyncapi() -> dict:
+    return json.loads((schemas.schema_dir() / "asyncapi.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def official() -> jsonschema.Draft7Validator:
+    """The official AsyncAPI 3.0.0 JSON Schema (npm @asyncapi/specs, vendored)."""
+    meta = json.loads((schemas.schema_dir() / schemas.ASYNCAPI_SCHEMA).read_text())
+    assert meta["$id"] == "http://asyncapi.com/definitions/3.0.0/asyncapi.json"
+    assert meta["properties"]["asyncapi"]["const"] == "3.0.0"
+    return jsonschema.Draft7Validator(meta)
+
+
+def test_the_vendored_asyncapi_schema_is_the_file_the_readme_names() -> None:
+    path = schemas.schema_dir() / schemas.ASYNCAPI_SCHEMA
+    readme = (path.parent / "README.md").read_text()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in readme
+    assert "@asyncapi/specs 6.11.1" in readme
+    assert (path.parent / "LICENSE.asyncapi-specs").read_text().lstrip().startswith("Apache License")
+
+
+def test_asyncapi_document_is_valid_against_the_official_asyncapi_3_schema(official: jsonschema.Draft7Validator) -> None:
+    errors = [f"{list(e.absolute_path)}: {e.message[:200]}" for e in official.iter_errors(_asyncapi())]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda d: d["operations"]["processorReceiveEvents"].update(action="subscribe"),  # AsyncAPI 2 wording
+        lambda d: d["channels"]["events"]["bindings"]["kafka"].update(partitions=0),
+        lambda d: d["components"]["messages"]["outcome"].update(unknownField=1),
+        lambda d: d.update(asyncapi="2.6.0"),
+    ],
+)
+def test_the_official_schema_refuses_a_broken_document(official: jsonschema.Draft7Validator, break_it) -> None:  # type: ignore[no-untyped-def]
+    doc = _asyncapi()
+    break_it(doc)
+    assert not official.is_valid(doc)
+
+
 def test_asyncapi_names_every_topic_and_its_schema() -> None:
-    doc = json.loads((schemas.schema_dir() / "asyncapi.json").read_text())
+    doc = _asyncapi()
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert {"invoice.events", "invoice.outcomes", "invoice.state", "invoice.deliveries", "invoice.events.dlq"} <= addresses
+    assert addresses == {"invoice.events", "invoice.outcomes", "invoice.state", "invoice.deliveries", "invoice.events.dlq"}
     for message in doc["components"]["messages"].values():
-        ref = message["payload"]["$ref"].removeprefix("./")
-        assert (schemas.schema_dir() / ref).exists()
+        for part in ("payload", "headers"):
+            if part not in message:
+                continue
+            assert message[part]["schemaFormat"] == "application/schema+json;version=draft-2020-12"
+            schema = message[part]["schema"]
+            jsonschema.Draft202012Validator.check_schema(schema)
+            ref = schema.get("$ref")
+            if ref:
+                file, _, fragment = ref.removeprefix("./").partition("#")
+                target = json.loads((schemas.schema_dir() / file).read_text())
+                for step in filter(None, fragment.split("/")):
+                    target = target[step]
+                assert target, ref
+
+
+def _resolve(doc: dict, ref: str) -> dict:
+    target = doc
+    for step in ref.removeprefix("#/").split("/"):
+        target = target[step]
+    return target
+
+
+def test_asyncapi_operations_say_what_each_service_reads_and_writes() -> None:
+    doc = _asyncapi()
+    by_service: dict[str, set[tuple[str, str]]] = {}
+    for name, op in doc["operations"].items():
+        channel = _resolve(doc, op["channel"]["$ref"])
+        for message in op["messages"]:
+            assert message["$ref"].startswith(op["channel"]["$ref"] + "/messages/"), name
+            _resolve(doc, message["$ref"])
+        (tag,) = [_resolve(doc, t["$ref"])["name"] for t in op["tags"]]
+        by_service.setdefault(tag, set()).add((op["action"], channel["address"]))
+    assert by_service == {
+        "processor": {("receive", "invoice.events"), ("send", "invoice.outcomes"), ("send", "invoice.state"),
+                      ("send", "invoice.events.dlq")},
+        "deliverer": {("receive", "invoice.outcomes"), ("send", "invoice.deliveries")},
+    }
+
+
+def _headers_validator(message: str) -> jsonschema.Draft202012Validator:
+    schema = _asyncapi()["components"]["messages"][message]["headers"]["schema"]
+    assert schema["type"] == "object"  # AsyncAPI: headers MUST be an object schema
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _as_strings(headers: list[tuple[str, bytes | None]]) -> dict[str, str]:
+    return {k: (v or b"").decode() for k, v in headers}
+
+
+def test_outcome_and_delivery_headers_are_what_the_services_write() -> None:
+    from consumers.deliverer import DELIVERY_HEADERS
+
+    _headers_validator("outcome").validate(_as_strings(wire.CLOUDEVENT_HEADERS))
+    _headers_validator("delivery").validate(_as_strings(DELIVERY_HEADERS))
+    assert not _headers_validator("outcome").is_valid({"content-type": "application/json"})
+    assert not _headers_validator("delivery").is_valid({})
+
+
+def test_dlq_headers_schema_describes_what_the_processor_writes() -> None:
+    from domain.errors import InvalidEventError
+
+    record = SimpleNamespace(topic="invoice.events", partition=2, offset=41, key=b"k", value=b"x" * 5000,
+                             headers=[("trace", b"t-1")])
+    validator = _headers_validator("dlq")
+    for limit in (1_000_000, 2_000):  # kept whole, then cut to fit
+        _, value, headers, truncated = wire.dlq_copy(
+            record, InvalidEventError("not_json", "bad"), "not_json", "2026-11-23T10:00:00Z", max_record_bytes=limit
+        )
+        validator.validate(_as_strings(headers))
+        assert truncated is (limit == 2_000)
+    assert not validator.is_valid({"dlq.error.reason": "not_json"})  # the source position is required
+    message = _asyncapi()["components"]["messages"]["dlq"]
+    assert "$ref" not in message["payload"]["schema"]  # the original bytes, not a JSON document
+
+
+def test_binary_mode_headers_schema_requires_the_ce_attributes() -> None:
+    validator = _headers_validator("eventBinary")
+    validator.validate({"ce_specversion": "1.0", "ce_id": "e1", "ce_source": "/erp", "ce_type": "invoice.red_flushed",
+                        "content-type": "application/json", "traceparent": "00-x"})
+    assert not validator.is_valid({"ce_specversion": "1.0", "ce_id": "e1", "ce_source": "/erp"})
+
+
+def test_schemas_write_then_check_and_the_help_names_the_json_file(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    from consumers.cli import main
+
+    monkeypatch.setattr(schemas, "schema_dir", lambda: tmp_path)
+    assert main(["schemas", "--write"]) == 0
+    assert (tmp_path / "asyncapi.json").exists() and not list(tmp_path.glob("*.yaml"))
+    assert main(["schemas", "--check"]) == 0
+    (tmp_path / "asyncapi.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["schemas", "--check"]) == 1
+    assert "stale: schemas/asyncapi.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["schemas", "--help"])
+    out = capsys.readouterr().out
+    assert "asyncapi.json" in out and "asyncapi.yaml" not in out

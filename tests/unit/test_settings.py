@@ -50,3 +50,8 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("INVOICE_SM_TOPIC_EVENTS", "from.env")
     assert load_settings(topic_events="from.flag").topic_events == "from.flag"
     assert load_settings().topic_events == "from.env"
+
+
+def test_an_unknown_codec_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="INVOICE_SM_KAFKA_COMPRESSION_TYPE"):
+        load_settings(kafka_compression_type="brotli")

@@ -182,6 +182,18 @@ async def test_on_refresh_hook_is_called_with_appid_and_mode() -> None:
     assert seen == [(APPID, "stable")]
 
 
+async def test_on_refresh_failure_hook_is_called_once_per_failed_fetch_not_per_caller() -> None:
+    failed: list[tuple[str, str]] = []
+    server = TokenServer(delay_s=0.01, answers=[httpx.Response(503)])
+    provider = stable(server)
+    provider.on_refresh_failure = lambda appid, mode: failed.append((appid, mode))
+    results = await asyncio.gather(*(provider.get(APPID) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, TransientWeChatError) for r in results)
+    assert failed == [(APPID, "stable")]
+    await provider.get(APPID)
+    assert failed == [(APPID, "stable")]  # a success is not a failure
+
+
 # --- compare-and-expire ---------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from adapters.settings import Settings
 from adapters.tokens import StableTokenProvider
-from adapters.wechat import UPDATESTATUS_PATH, UpdateResult, WeChatClient, redact_url
+from adapters.wechat import UPDATESTATUS_PATH, UpdateResult, WeChatClient, new_http_client, redact_url
 from domain.errors import (
     ConflictError,
     PermanentWeChatError,
@@ -112,11 +112,14 @@ async def test_update_status_sends_the_exact_body_header_and_token() -> None:
     assert result.attempts == 1 and result.token_refreshed is False and result.latency_s >= 0
 
 
-async def test_an_answer_without_errcode_is_success() -> None:
-    fake = FakeWeChat(answers=[httpx.Response(200, json={})])
+@pytest.mark.parametrize("body", [{}, {"errmsg": "ok"}, {"access_token": "x"}])
+async def test_a_200_answer_without_errcode_is_not_a_success(body: dict) -> None:
+    fake = FakeWeChat(answers=[httpx.Response(200, json=body)])
     async with make_client(fake) as client:
-        result = await update(client)
-    assert result.errcode == 0 and result.attempts == 1
+        with pytest.raises(UnknownResultError) as caught:
+            await update(client)
+    assert caught.value.http_status == 200 and caught.value.retriable
+    assert len(fake.update_calls) == 1
 
 
 async def test_the_token_is_cached_across_calls() -> None:
@@ -212,13 +215,33 @@ async def test_a_late_token_error_with_an_old_token_keeps_the_newer_token() -> N
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-async def test_http_5xx_is_transient_with_the_http_status(status: int) -> None:
+async def test_http_5xx_after_the_request_was_written_may_have_been_applied(status: int) -> None:
     fake = FakeWeChat(answers=[httpx.Response(status, text="upstream error")])
+    async with make_client(fake) as client:
+        with pytest.raises(UnknownResultError) as caught:
+            await update(client)
+    assert caught.value.http_status == status and caught.value.errcode == -1 and caught.value.retriable
+
+
+@pytest.mark.parametrize(("status", "error_type"), [(500, TransientWeChatError), (503, TransientWeChatError), (502, UnknownResultError), (504, UnknownResultError)])
+async def test_http_5xx_before_the_request_was_written_is_not_applied_unless_a_gateway_gave_up(
+    status: int, error_type: type[WeChatError]
+) -> None:
+    early = httpx.Response(status, text="busy", extensions={"request_written": False})
+    fake = FakeWeChat(answers=[early])
     async with make_client(fake) as client:
         with pytest.raises(TransientWeChatError) as caught:
             await update(client)
-    assert type(caught.value) is TransientWeChatError
-    assert caught.value.http_status == status and caught.value.errcode == -1 and caught.value.retriable
+    assert type(caught.value) is error_type and caught.value.http_status == status
+
+
+async def test_408_and_429_are_transient_not_applied() -> None:
+    fake = FakeWeChat(answers=[httpx.Response(408, text=""), httpx.Response(429, text="")])
+    async with make_client(fake) as client:
+        for _ in range(2):
+            with pytest.raises(TransientWeChatError) as caught:
+                await update(client)
+            assert type(caught.value) is TransientWeChatError
 
 
 async def test_non_json_2xx_is_transient_and_non_json_4xx_is_permanent() -> None:
@@ -318,3 +341,15 @@ def test_redact_url_masks_credential_parameters() -> None:
     )
     assert redact_url(httpx.URL("https://x/y?access_token=AT")) == "https://x/y?access_token=***"
     assert redact_url("no credentials here") == "no credentials here"
+
+
+async def test_the_service_http_client_keeps_no_cookies_from_answers() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"errcode": 0}, headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async with new_http_client(timeout_s=1.0, max_connections=2, transport=httpx.MockTransport(answer)) as http:
+        await http.post(f"{BASE}{UPDATESTATUS_PATH}", content=b"{}")
+        assert dict(http.cookies) == {}
+        http.cookies = {"set": "by hand"}  # cookies set on purpose still go out
+        await http.post(f"{BASE}{UPDATESTATUS_PATH}", content=b"{}")
+        assert dict(http.cookies) == {"set": "by hand"}

@@ -95,3 +95,19 @@ def test_missing_key_says_how_to_set_it() -> None:
     with pytest.raises(InvalidEventError) as info:
         wire.decode_event(None, value)
     assert info.value.reason == "key_mismatch" and "partitionkey" in info.value.detail
+
+
+@pytest.mark.parametrize("event_type", sorted(__import__("domain.status", fromlist=["x"]).EVENT_TYPE_TARGETS))
+def test_every_event_type_of_the_table_decodes_to_its_status_and_origin(event_type: str) -> None:
+    from domain.status import EVENT_TYPE_ORIGINS, EVENT_TYPE_TARGETS
+
+    ev = event(*card(9), S.CANCEL, event_id=f"t-{event_type}")
+    ev["type"] = event_type
+    target = EVENT_TYPE_TARGETS[event_type]
+    if target is None:
+        ev["data"]["reimburse_status"] = S.CANCEL.value
+    else:
+        ev["data"].pop("reimburse_status", None)
+    decoded = wire.decode_event(*encode(ev))
+    assert decoded.requested_status is (target or S.CANCEL)
+    assert decoded.origin is EVENT_TYPE_ORIGINS[event_type]

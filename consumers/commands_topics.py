@@ -1,0 +1,110 @@
+"""Command: ``topics create|check|describe``, from the one topic table
+(``adapters.topics.topic_table``).
+
+- ``describe`` prints the table the settings give (no broker needed).
+- ``create`` creates the missing topics with the table's settings, whatever
+  ``INVOICE_SM_CREATE_TOPICS`` says (asking for it is the point), and runs the
+  same checks a service start does.
+- ``check`` compares the cluster's topics with the table (existence,
+  partitions, replication factor, cleanup policy, retention, min ISR), prints
+  the differences, and exits 3 when there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from adapters.settings import Settings
+from consumers.cli import EXIT_DIFFERENCES, EXIT_OK, arguments, command
+
+
+def _topics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("create", "check", "describe"),
+                   help="create missing topics, compare the cluster with the table, or print the table")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.epilog = "Exit codes: 0 as the table says, 3 (check) differences found, 1 failure, 2 configuration error."
+
+
+def _retention(ms: int | None) -> str:
+    if ms is None:
+        return "compacted"
+    if ms < 0:
+        return "never"
+    return f"{ms / 86_400_000:g} d" if ms >= 86_400_000 else f"{ms} ms"
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    # Wide enough for topic names when piped (rich assumes 80 columns then).
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@command("topics", "Create, check or describe the topics, from the one topic table.")
+@arguments(_topics_args)
+def topics_command(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters import topics
+    from consumers.app import configure
+
+    configure(settings)
+    specs = topics.topic_table(settings)
+    if args.action == "describe":
+        if args.json:
+            print(json.dumps([_spec_json(s) for s in specs], indent=2))
+        else:
+            _print_table(
+                "topics",
+                ["topic", "role", "key", "cleanup", "retention", "partitions", "replication", "min ISR"],
+                [[s.name, s.role, s.key, s.cleanup, _retention(s.retention_ms), str(s.partitions),
+                  str(s.replication_factor), str(s.min_insync_replicas)] for s in specs],
+            )
+        return EXIT_OK
+    if args.action == "create":
+        counts = asyncio.run(topics.ensure_topics(settings, create=True))
+        if args.json:
+            print(json.dumps(counts))
+        else:
+            for name, n in counts.items():
+                print(f"{name}: {n} partitions")
+        return EXIT_OK
+    _, cluster, differences = asyncio.run(topics.check(settings))
+    if args.json:
+        print(json.dumps({
+            "clean": not differences,
+            "differences": [d.to_json() for d in differences],
+            "topics": {s.name: _actual_json(cluster.get(s.name)) for s in specs},
+        }, indent=2))
+    elif differences:
+        _print_table("topics differing from the table", ["topic", "setting", "table", "cluster"],
+                     [[d.topic, d.setting, d.expected, d.actual] for d in differences])
+    else:
+        print(f"{len(specs)} topics as the table says")
+    return EXIT_DIFFERENCES if differences else EXIT_OK
+
+
+def _spec_json(spec: Any) -> dict[str, Any]:
+    return {
+        "name": spec.name, "role": spec.role, "key": spec.key, "cleanup": spec.cleanup,
+        "retention_ms": spec.retention_ms, "partitions": spec.partitions,
+        "replication_factor": spec.replication_factor, "min_insync_replicas": spec.min_insync_replicas,
+        "description": spec.description, "configs": spec.configs(),
+    }
+
+
+def _actual_json(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    configs = info.get("configs", {})
+    keys = ("cleanup.policy", "retention.ms", "retention.bytes", "min.insync.replicas")
+    return {"partitions": info["partitions"], "replication_factor": info["replication_factor"],
+            **{k: configs[k] for k in keys if k in configs}}

@@ -1,0 +1,1 @@
+"""Fuzz tests: generated hostile input through the decoder."""

@@ -1,0 +1,289 @@
+"""AiohttpTransport on real loopback sockets: every failure class lands in the right error.
+
+Two layers are checked for each fault: the httpx exception the transport
+raises ("not sent": ConnectError/ConnectTimeout; "possibly applied":
+ReadError/ReadTimeout/RemoteProtocolError) and the domain error
+``WeChatClient.update_status`` makes of it (``TransientWeChatError`` for
+"not sent", ``UnknownResultError`` for "possibly applied"). Servers are the
+WeChat simulator (``SimulatorServer``, faults by rule) and tiny asyncio
+servers started here for what the simulator cannot do (refuse, reset before
+reading, close without answering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import httpx
+import pytest
+
+from adapters.http_transport import AiohttpTransport
+from adapters.tokens import StableTokenProvider
+from adapters.wechat import WeChatClient, new_http_client
+from domain.errors import TransientWeChatError, UnknownResultError, WeChatError
+from domain.status import ReimburseStatus
+from simulator import DEMO_APPID, DEMO_SECRET, SimulatorControl, SimulatorServer
+
+CARD_ID = "pjZ8Yt7Um2jYxzneP8GomnxoVFWo"
+TOKEN = "TOKEN-SHOULD-NEVER-BE-SEEN"
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatorServer]:
+    srv = SimulatorServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def sim(server: SimulatorServer) -> Iterator[SimulatorControl]:
+    with SimulatorControl(server.base_url) as control:
+        control.reset(tokens=True)
+        control.clear_faults()
+        yield control
+        control.clear_faults()
+
+
+@asynccontextmanager
+async def tcp_server(handler: Handler) -> AsyncIterator[str]:
+    srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+def abort_with_rst(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    return head + await reader.readexactly(length)
+
+
+def refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nobody listens there now
+
+
+class WaitForPeerClose(aiohttp.TCPConnector):
+    """Hands a new connection over only once the server's reset has been seen,
+    as happens when the reset arrives before the request is written."""
+
+    async def connect(self, req, traces, timeout):  # type: ignore[no-untyped-def]
+        conn = await super().connect(req, traces, timeout)
+        for _ in range(200):
+            transport = conn.protocol.transport if conn.protocol is not None else None
+            if transport is None or transport.is_closing():
+                break
+            await asyncio.sleep(0.01)
+        return conn
+
+
+def client_for(base_url: str, *, timeout: httpx.Timeout | float = 5.0, **transport_kw: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout  # type: ignore[arg-type]
+    )
+
+
+async def post(http: httpx.AsyncClient, path: str = "/card/invoice/platform/updatestatus") -> httpx.Response:
+    return await http.post(path, params={"access_token": TOKEN}, content=b'{"card_id":"c"}')
+
+
+def assert_clean(exc: BaseException) -> None:
+    """No token in the message, and no aiohttp exception (which has the URL) behind it."""
+    assert TOKEN not in str(exc) and TOKEN not in repr(exc)
+    assert exc.__cause__ is None and exc.__context__ is None
+
+
+class FixedToken(StableTokenProvider):
+    async def _fetch(self, appid: str) -> tuple[str, float]:
+        return TOKEN, 7200.0
+
+
+def wechat_over(http: httpx.AsyncClient, base_url: str, *, real_token: bool = False) -> WeChatClient:
+    """``real_token``: fetch one from the simulator's stable_token (else a fixed fake, for servers that check none)."""
+    provider = StableTokenProvider if real_token else FixedToken
+    tokens = provider(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=base_url)
+    return WeChatClient(tokens, base_url=base_url, client=http)
+
+
+async def update(client: WeChatClient, code: str = "1001") -> object:
+    return await client.update_status(
+        appid=DEMO_APPID, card_id=CARD_ID, code=code, status=ReimburseStatus.LOCK, idempotency_key=f"{CARD_ID}/{code}#1"
+    )
+
+
+async def domain_error(http: httpx.AsyncClient, base_url: str, *, real_token: bool = False) -> WeChatError:
+    with pytest.raises(WeChatError) as caught:
+        await update(wechat_over(http, base_url, real_token=real_token))
+    assert TOKEN not in str(caught.value) and caught.value.__context__ is None
+    return caught.value
+
+
+# --- not sent ----------------------------------------------------------------
+
+
+async def test_connection_refused_is_a_connect_error_and_not_sent() -> None:
+    url = refused_url()
+    async with client_for(url) as http:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await post(http)
+        assert_clean(caught.value)
+        error = await domain_error(http, url)
+    assert type(error) is TransientWeChatError
+
+
+async def test_a_reset_before_the_request_is_written_is_a_connect_error_and_not_sent() -> None:
+    async def reset_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        abort_with_rst(writer)
+
+    async with tcp_server(reset_at_once) as url:
+        async with client_for(url, connector_factory=lambda: WaitForPeerClose(force_close=True)) as http:
+            with pytest.raises(httpx.ConnectError) as caught:
+                await post(http)
+            assert_clean(caught.value)
+            error = await domain_error(http, url)
+    assert type(error) is TransientWeChatError
+
+
+async def test_a_full_pool_past_the_pool_timeout_is_a_connect_timeout_and_not_sent() -> None:
+    arrived = 0
+    release = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        await read_request(reader)
+        arrived += 1
+        await release.wait()
+        writer.close()
+
+    async with tcp_server(hold) as url:
+        timeout = httpx.Timeout(5.0, connect=0.1, pool=0.1)
+        async with client_for(url, timeout=timeout, max_connections=1) as http:
+            first = asyncio.ensure_future(post(http))
+            while arrived == 0:
+                await asyncio.sleep(0.01)
+            with pytest.raises(httpx.ConnectTimeout) as caught:
+                await post(http)
+            assert_clean(caught.value)
+            error = await domain_error(http, url)
+            assert arrived == 1  # neither waiting call reached the server
+            release.set()
+            with pytest.raises(httpx.TransportError):
+                await first
+    assert type(error) is TransientWeChatError
+
+
+# --- possibly applied ----------------------------------------------------------
+
+
+async def test_a_reset_after_the_request_is_written_is_a_read_error_and_may_have_been_applied(
+    server: SimulatorServer, sim: SimulatorControl
+) -> None:
+    sim.add_fault("reset", apply=True, times=2)
+    async with client_for(server.base_url) as http:
+        with pytest.raises(httpx.ReadError) as caught:
+            await post(http)
+        assert_clean(caught.value)
+        error = await domain_error(http, server.base_url, real_token=True)
+    assert type(error) is UnknownResultError
+    assert sim.card_status(DEMO_APPID, CARD_ID, "1001") is ReimburseStatus.LOCK  # it was applied
+
+
+async def test_a_close_without_an_answer_after_writing_is_a_protocol_error_and_may_have_been_applied() -> None:
+    async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.close()
+
+    async with tcp_server(read_then_close) as url:
+        async with client_for(url) as http:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await post(http)
+            assert_clean(caught.value)
+            error = await domain_error(http, url)
+    assert type(error) is UnknownResultError
+
+
+async def test_a_garbled_answer_is_a_protocol_error_and_may_have_been_applied() -> None:
+    async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with tcp_server(garble) as url:
+        async with client_for(url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await post(http)
+            error = await domain_error(http, url)
+    assert type(error) is UnknownResultError
+
+
+async def test_no_answer_within_the_read_timeout_is_a_read_timeout_and_may_have_been_applied(
+    server: SimulatorServer, sim: SimulatorControl
+) -> None:
+    sim.add_fault("timeout", latency_ms=3000, times=2)
+    async with client_for(server.base_url, timeout=httpx.Timeout(5.0, read=0.2)) as http:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await post(http)
+        assert_clean(caught.value)
+        error = await domain_error(http, server.base_url)
+    assert type(error) is UnknownResultError
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_502_or_504_is_an_answer_and_may_have_been_applied(
+    server: SimulatorServer, sim: SimulatorControl, status: int
+) -> None:
+    sim.add_fault("http_status", http_status=status, times=2)
+    async with client_for(server.base_url) as http:
+        response = await post(http)
+        assert response.status_code == status and response.extensions["request_written"] is True
+        error = await domain_error(http, server.base_url)
+    assert type(error) is UnknownResultError and error.http_status == status
+
+
+# --- the happy path, through the same pool as the token endpoint -----------------
+
+
+async def test_token_and_updatestatus_share_one_pool_and_succeed(server: SimulatorServer, sim: SimulatorControl) -> None:
+    http = new_http_client(timeout_s=5.0, max_connections=4)
+    assert isinstance(http._transport, AiohttpTransport)  # the service's default transport
+    tokens = StableTokenProvider(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=server.base_url)
+    async with WeChatClient(tokens, base_url=server.base_url, client=http, owns_client=True, owns_tokens=True) as client:
+        results = await asyncio.gather(*(update(client, code=str(2000 + i)) for i in range(20)))
+    assert all(r.errcode == 0 for r in results)  # type: ignore[attr-defined]
+    assert len(sim.token_calls()) == 1
+    assert sim.card_status(DEMO_APPID, CARD_ID, "2019") is ReimburseStatus.LOCK
+
+
+async def test_a_token_endpoint_reset_is_transient_and_names_no_secret(server: SimulatorServer, sim: SimulatorControl) -> None:
+    sim.add_fault("reset", path="token")
+    http = new_http_client(timeout_s=5.0, max_connections=4)
+    tokens = StableTokenProvider(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=server.base_url)
+    async with WeChatClient(tokens, base_url=server.base_url, client=http, owns_client=True, owns_tokens=True) as client:
+        with pytest.raises(TransientWeChatError) as caught:
+            await update(client)
+        assert DEMO_SECRET not in str(caught.value) and caught.value.__context__ is None
+        assert (await update(client)).errcode == 0  # type: ignore[attr-defined]
