@@ -43,6 +43,19 @@ def own_broker() -> Iterator[LocalKafka]:
         broker.stop()
 
 
+def _one_partition(broker: LocalKafka, tmp_path: Path, prefix: str, **overrides: object) -> Settings:
+    """Settings with topics of their own (the module's broker is shared) and one partition."""
+    topics = {f"topic_{role}": f"{prefix}.{role}" for role in ("events", "outcomes", "state", "deliveries", "dlq")}
+    return load_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        topic_partitions=1,
+        state_dir=tmp_path / "state",
+        log_format="json",
+        **topics,
+        **overrides,
+    )
+
+
 async def test_a_transaction_the_broker_timed_out_is_taken_over_and_decided_once(
     own_broker: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -53,18 +66,7 @@ async def test_a_transaction_the_broker_timed_out_is_taken_over_and_decided_once
     from consumers.processor import PartitionWorker
     from tests.support.services import running
 
-    settings = load_settings(
-        kafka_bootstrap_servers=own_broker.bootstrap_servers,
-        topic_events="timeout.events",
-        topic_outcomes="timeout.outcomes",
-        topic_state="timeout.state",
-        topic_deliveries="timeout.deliveries",
-        topic_dlq="timeout.dlq",
-        topic_partitions=1,
-        kafka_transaction_timeout_ms=TXN_TIMEOUT_MS,
-        state_dir=tmp_path / "state",
-        log_format="json",
-    )
+    settings = _one_partition(own_broker, tmp_path, "timeout", kafka_transaction_timeout_ms=TXN_TIMEOUT_MS)
     original_flush = kafka.TxnBatch.flush
     stalled_once: list[bool] = []
 
@@ -177,18 +179,8 @@ async def test_a_fenced_partition_reports_itself_and_is_taken_back_while_still_a
     from adapters import kafka
     from tests.support.services import running
 
-    settings = load_settings(
-        kafka_bootstrap_servers=own_broker.bootstrap_servers,
-        topic_events="fenced.events",
-        topic_outcomes="fenced.outcomes",
-        topic_state="fenced.state",
-        topic_deliveries="fenced.deliveries",
-        topic_dlq="fenced.dlq",
-        topic_partitions=1,
-        kafka_session_timeout_ms=6000,  # the broker's group.min.session.timeout.ms
-        state_dir=tmp_path / "state",
-        log_format="json",
-    )
+    # 6 s: the broker's group.min.session.timeout.ms
+    settings = _one_partition(own_broker, tmp_path, "fenced", kafka_session_timeout_ms=6000)
     events = list(random_stream(400, 80, seed=6))
     await produce_events(settings, events[:200])
     async with running(settings) as processor:
