@@ -39,7 +39,7 @@ def secured_broker() -> Iterator[LocalKafka]:
         broker._remove_owned_workdir()
 
 
-def secured_settings(broker: LocalKafka, tmp_path: Path, password: str = PASSWORD) -> Settings:
+def secured_settings(broker: LocalKafka, tmp_path: Path, password: str = PASSWORD, **overrides: object) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return load_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
@@ -51,7 +51,9 @@ def secured_settings(broker: LocalKafka, tmp_path: Path, password: str = PASSWOR
         topic_events=f"s{suffix}.events", topic_outcomes=f"s{suffix}.outcomes", topic_state=f"s{suffix}.state",
         topic_deliveries=f"s{suffix}.deliveries", topic_dlq=f"s{suffix}.dlq",
         processor_group_id=f"s{suffix}.processor", topic_partitions=3,
+        deliverer_group_id=f"s{suffix}.deliverer",
         state_dir=tmp_path / "state", log_format="json",
+        **overrides,
     )
 
 
@@ -89,6 +91,49 @@ async def test_publish_and_process_work_over_sasl_ssl_with_scram(secured_broker:
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     assert json.loads(replayed_path.read_text())["records"] == len(events)
     assert PASSWORD not in replayed.stdout + replayed.stderr
+
+
+async def test_deliver_and_reconcile_work_over_sasl_ssl(secured_broker: LocalKafka, tmp_path: Path) -> None:
+    """``run`` (processor and deliverer) pushes every accepted status to the
+    simulator over the secured cluster, and ``reconcile`` reads all four
+    sources there and finds nothing out of step."""
+    from simulator import SimulatorServer, WeChatSimulator
+    from simulator.state import DEFAULT_ACCOUNTS
+    from tests.factories import APPID
+    from tests.support.kafka_io import produce_events, values
+
+    with SimulatorServer(WeChatSimulator()) as server:
+        settings = secured_settings(
+            secured_broker, tmp_path, wechat_base_url=server.base_url, wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID], delivery_commit_interval_ms=50,
+        )
+        events = list(random_stream(300, 60, seed=23))
+        await produce_events(settings, events)
+        service = Service("run", settings, tmp_path / "run.log")
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 90
+            while True:
+                outcomes = values(await read_topic(settings, settings.topic_outcomes))
+                accepted = [o for o in outcomes if o["type"] == "invoice.status.accepted"]
+                deliveries = await read_topic(settings, settings.topic_deliveries)
+                if len(outcomes) == len(events) and len(deliveries) == len(accepted):
+                    break
+                assert service.alive(), service.log_text()[-3000:]
+                assert loop.time() < deadline, f"{len(deliveries)} of {len(accepted)} deliveries over SASL_SSL"
+                await asyncio.sleep(0.5)
+            assert service.terminate() == 0
+            log = service.log_text()
+        finally:
+            service.close()
+        calls = [c for c in server.sim.calls() if "updatestatus" in c.path]
+        assert len({c.idempotency_key for c in calls}) == len(accepted)
+        report = tmp_path / "reconcile.json"
+        done = await run_cli(settings, "reconcile", "--wechat-sim-url", server.base_url, "--grace-s", "0",
+                             "--json", str(report), "--no-progress")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert json.loads(report.read_text())["clean"] is True
+    assert PASSWORD not in log + done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("command", ["process", "publish"])
