@@ -8,7 +8,7 @@ record's partition* (modulo the target topic's partition count). The input
 is already partitioned by invoice key, so per-invoice order carries over
 without re-hashing every key (aiokafka's murmur2 is pure Python, ~9 µs a
 key); the changelog (``invoice.state``) must have exactly as many
-partitions as ``invoice.events``, which ``ensure_topics`` (``adapters.topics``) checks.
+partitions as ``invoice.events``, which ``adapters.topics.ensure_topics`` checks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -156,15 +156,6 @@ def new_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafka
     return AIOKafkaConsumer(*topics, **client_options(settings), **options)
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[Any] | None = None) -> dict[str, int]:
-    """``adapters.topics.ensure_topics``: create missing topics from the topic
-    table, check co-partitioning and the events topic's retention; return
-    partition counts. (Kept here for the consumers that call ``kafka.ensure_topics``.)"""
-    from adapters import topics
-
-    return await topics.ensure_topics(settings, specs)
-
-
 #: The C record builder wants a list; one shared empty list, never mutated.
 _NO_HEADERS: list[tuple[str, bytes]] = []
 
@@ -278,35 +269,6 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
         if d["topic"] == topic and not d.get("error_code"):
             return sorted(p["partition"] for p in d["partitions"])
     return []
-
-
-#: What a broker accepts when a topic does not say (Kafka's message.max.bytes default).
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-
-
-async def max_message_bytes(settings: Settings, topics: list[str]) -> dict[str, int]:
-    """Each topic's ``max.message.bytes``: the largest record batch the broker
-    takes for it (a larger one is refused, and a transaction holding it can
-    never commit)."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    with broker_errors("connect to Kafka"):
-        await admin.start()
-    try:
-        with broker_errors("describe topic configs"):
-            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
-    finally:
-        await admin.close()
-    limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
-    for response in responses:
-        for resource in response.resources:
-            # (error_code, error_message, resource_type, resource_name, config_entries)
-            name, entries = resource[3], resource[4]
-            for entry in entries:
-                if entry[0] == "max.message.bytes" and entry[1] is not None and name in limits:
-                    limits[name] = int(entry[1])
-    return limits
 
 
 async def read_to_end(

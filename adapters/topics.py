@@ -202,6 +202,18 @@ async def topic_configs(settings: Settings, names: list[str]) -> dict[str, dict[
     return out
 
 
+#: What a broker accepts when a topic does not say (Kafka's message.max.bytes default).
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+async def max_message_bytes(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``: the largest record batch the broker
+    takes for it (a larger one is refused, and a transaction holding it can
+    never commit)."""
+    configs = await topic_configs(settings, names)
+    return {name: int(configs.get(name, {}).get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES)) for name in names}
+
+
 async def describe_cluster_topics(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     """Partitions, replication factor (the smallest replica set) and configs of
     each topic of ``names`` that exists."""

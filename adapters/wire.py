@@ -538,6 +538,9 @@ def encode_state(state: InvoiceState) -> bytes:
 #: readers that detect the mode from headers (Java SDK, Knative) need it.
 #: One shared list: the record builder only reads it.
 CLOUDEVENT_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+#: Delivery records are plain JSON (wire.DeliveryRecord), not CloudEvents:
+#: the header says so (the CloudEvents Kafka binding reads the content-type).
+DELIVERY_HEADERS: list[tuple[str, bytes]] = [("content-type", b"application/json")]
 #: CloudEvent type of each decision kind (an enum's ``.value`` is a slow descriptor).
 OUTCOME_TYPES = {kind: f"invoice.status.{kind.value}" for kind in DecisionKind}
 _ACCEPTED = DecisionKind.ACCEPTED

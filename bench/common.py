@@ -269,18 +269,6 @@ async def produce_fast(
 # calling exactly what the processor calls.
 
 
-def outcome_encoder() -> Any:
-    """``fn(decision, record, processed_at, invoice_key) -> bytes`` over
-    ``consumers.processor.outcome_bytes`` (with or without its ``key`` argument)."""
-    import inspect
-
-    from consumers.processor import outcome_bytes
-
-    if len(inspect.signature(outcome_bytes).parameters) >= 4:
-        return outcome_bytes
-    return lambda decision, record, now, key: outcome_bytes(decision, record, now)
-
-
 def state_putter() -> Any:
     """``fn(states, invoice_key, state) -> bytes`` over ``InvoiceStates.put``."""
     import inspect

@@ -131,7 +131,7 @@ def output_sizes(records: list[tuple[bytes, bytes]], topic: str, partitions: int
     from consumers.processor import utc_now
     from domain.decide import decide
 
-    outcome_bytes = common.outcome_encoder()
+    outcome_bytes = wire.outcome_bytes
     states: dict[str, Any] = {}
     offsets = [0] * partitions
     now = utc_now()
@@ -458,7 +458,7 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
     from consumers.processor import utc_now
     from domain.decide import decide
 
-    outcome_bytes = common.outcome_encoder()
+    outcome_bytes = wire.outcome_bytes
     put = common.state_putter()
     now = utc_now()
     n = len(records)

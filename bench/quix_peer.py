@@ -8,7 +8,7 @@ processor does: ``adapters.wire.decode_event`` (the same validation), the
 invoice's state from Quix's RocksDB state store (``state.get``: the
 ``StateRecord`` JSON text of ``adapters.wire.encode_state``, decoded with
 ``decode_state``), ``domain.decide.decide``, ``state.set`` of the new state
-(unless a duplicate), and returns ``consumers.processor.outcome_bytes`` (the
+(unless a duplicate), and returns ``adapters.wire.outcome_bytes`` (the
 same outcome bytes), which ``sdf.to_topic`` produces to the outcome topic.
 Quix also writes every state change to its changelog topic, so it writes
 the same two records per input as the processor (outcome + state).
@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     from quixstreams import Application, message_context
 
     from adapters import wire
-    from bench.common import outcome_encoder
     from consumers.processor import utc_now
     from domain.decide import decide
     from domain.errors import InvalidEventError
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = app.topic(args.output, key_serializer="bytes", value_serializer="bytes")
 
     decode_event, decode_state, encode_state = wire.decode_event, wire.decode_state, wire.encode_state
-    outcome_bytes = outcome_encoder()
+    outcome_bytes = wire.outcome_bytes
     counter = {"n": 0, "invalid": 0, "clock": 0.0, "now": utc_now()}
     target = args.count
 

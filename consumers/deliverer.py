@@ -71,7 +71,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from aiolimiter import AsyncLimiter
 
-from adapters import kafka, wire
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from adapters.store import PartitionStore, RocksPartitionStore
 from consumers.processor import observe_lag
@@ -93,9 +93,6 @@ from domain.status import ReimburseStatus
 from domain.wechat_errors import MINUTE_QUOTA_ERRCODE, STATUS_ERRCODE, ErrorClass, classify
 
 log = structlog.get_logger("invoice_sm.deliverer")
-#: Delivery records are plain JSON (wire.DeliveryRecord), not CloudEvents:
-#: the header says so (the CloudEvents Kafka binding reads the content-type).
-DELIVERY_HEADERS: list[tuple[str, bytes]] = [("content-type", b"application/json")]
 
 CHINA = timezone(timedelta(hours=8))  # no DST: a fixed offset is exact
 DELIVERABLE = frozenset({"invoice.status.accepted", "invoice.status.repair"})
@@ -278,7 +275,7 @@ class PartitionLane:
                         keys.append(key.idempotency_key.encode())
                         await batch.add(
                             settings.topic_deliveries, partition, invoice_key(key.card_id, key.code).encode(), record,
-                            DELIVERY_HEADERS,
+                            wire.DELIVERY_HEADERS,
                         )
                 await batch.flush()
                 with kafka.broker_errors("commit delivery transaction"):
@@ -616,7 +613,7 @@ class Deliverer(ConsumerRebalanceListener):
                 self.metrics.token_refresh_failures_total.labels(appid=self.default_appid, mode=self.client.tokens.mode)
         try:
             await self._check_credentials()
-            self.partitions = await kafka.ensure_topics(settings)
+            self.partitions = await topics.ensure_topics(settings)
             consumer = kafka.new_consumer(
                 settings, group_id=self.group_id, session_timeout_ms=settings.kafka_session_timeout_ms, heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
                 # read_committed: a fetch parked at the broker is not woken when a transaction

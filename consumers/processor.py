@@ -30,7 +30,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, wire
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
 from domain.decide import decide
@@ -53,7 +53,6 @@ def utc_now() -> str:
 
 
 _DUPLICATE = DecisionKind.DUPLICATE
-outcome_bytes = wire.outcome_bytes
 #: Retry backoff for a partition that cannot commit: doubles from the first, capped.
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0
 #: An ACL refusal is retried too (an operator may grant it), but slowly.
@@ -352,7 +351,7 @@ class Processor(ConsumerRebalanceListener):
         self.ready = asyncio.Event()
         self.processed = 0
         self.batch_bytes = _MAX_BATCH_BYTES
-        self.dlq_record_bytes = kafka.DEFAULT_MAX_MESSAGE_BYTES
+        self.dlq_record_bytes = topics.DEFAULT_MAX_MESSAGE_BYTES
 
     # -- wiring
 
@@ -487,8 +486,8 @@ class Processor(ConsumerRebalanceListener):
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
-        self.partitions = await kafka.ensure_topics(settings)
-        limits = await kafka.max_message_bytes(settings, [settings.topic_outcomes, settings.topic_state, settings.topic_dlq])
+        self.partitions = await topics.ensure_topics(settings)
+        limits = await topics.max_message_bytes(settings, [settings.topic_outcomes, settings.topic_state, settings.topic_dlq])
         # A batch the broker refuses can never commit: keep every batch, and so
         # every DLQ copy, under the smallest limit of the topics we write.
         smallest = min(limits.values())

@@ -74,3 +74,25 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state; put it back for the other tests."""
+    import logging
+
+    import structlog
+
+    from adapters.logging import NOISY_LOGGERS
+
+    saved_structlog = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers = list(root.handlers)
+    saved_level = root.level
+    saved_noisy = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    yield
+    structlog.configure(**saved_structlog)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    for name, level in saved_noisy.items():
+        logging.getLogger(name).setLevel(level)

@@ -5,7 +5,6 @@ stuck while it is, and the log says so once per change, not per attempt."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from adapters.settings import Settings, load_settings
 from tests.factories import random_stream
 from tests.support.kafka_io import produce_events, read_topic
 from tests.support.processes import Service
+from tests.support.services import free_port
 from tests.support.verify import assert_exactly_once
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -96,12 +96,6 @@ async def test_a_transaction_the_broker_timed_out_is_taken_over_and_decided_once
     assert summary["events"] == len(events)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _ready(client: httpx.AsyncClient, url: str) -> bool | None:
     try:
         return (await client.get(url, timeout=2)).status_code == 200
@@ -110,7 +104,7 @@ async def _ready(client: httpx.AsyncClient, url: str) -> bool | None:
 
 
 async def test_processor_rides_out_an_outage_longer_than_its_transaction_timeout(own_broker: LocalKafka, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     settings: Settings = load_settings(
         kafka_bootstrap_servers=own_broker.bootstrap_servers,
         topic_partitions=3,

@@ -35,7 +35,7 @@ from cloudevents.v1 import kafka as v1_kafka
 from cloudevents.v1.http import CloudEvent as V1Event
 from confluent_kafka import Producer
 
-from adapters import kafka
+from adapters import topics
 from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor
@@ -111,7 +111,7 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
             wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
             delivery_commit_interval_ms=50,
         )
-        await kafka.ensure_topics(settings)
+        await topics.ensure_topics(settings)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(Processor(settings).run(stop)), asyncio.create_task(Deliverer(settings).run(stop))]
         try:

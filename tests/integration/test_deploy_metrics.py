@@ -6,7 +6,6 @@ writes for node_exporter's textfile collector)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,15 +21,9 @@ from tests.factories import APPID, card, event
 from tests.support.deploy_kit import family, metrics_used
 from tests.support.kafka_io import produce, produce_events, wait_for_count
 from tests.support.processes import Service
-from tests.support.services import run_cli
+from tests.support.services import free_port, run_cli, wait_ready
 
 pytestmark = pytest.mark.broker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -41,21 +34,15 @@ def _families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
 
 async def _scrape_when_ready(service: Service, url: str) -> None:
     async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            assert service.alive(), service.log_text()[-3000:]
-            try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    pytest.fail("the service never became ready")
+        ready = await wait_ready(client, service, url)
+    if ready is None or ready.status_code != 200:
+        pytest.fail("the service never became ready")
 
 
 async def test_every_metric_of_the_alerts_and_the_dashboard_is_exposed(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with SimulatorServer(WeChatSimulator()) as server:
         settings = make_settings(

@@ -35,7 +35,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 from confluent_kafka import Producer
 
-from adapters import kafka, wire
+from adapters import topics, wire
 from adapters.settings import Settings
 from tests.factories import card, event
 from tests.malformed import binary_mode_valid, malformed_cases, producible
@@ -221,7 +221,7 @@ async def _codecs_on_the_wire(settings: Settings) -> Counter[int]:
 
 async def test_outside_producers_every_codec_and_every_poison_in_every_partition(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(topic_partitions=PARTITIONS)
-    await kafka.ensure_topics(settings)
+    await topics.ensure_topics(settings)
     everything: list[Sent] = []
 
     def valid(partition: int, mode: int) -> Sent:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, card, event
 from tests.support.kafka_io import produce_events, wait_for_count
 from tests.support.processes import Service
+from tests.support.services import free_port, wait_ready
 
 pytestmark = pytest.mark.broker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -60,16 +54,8 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
         service = Service("run", settings, tmp_path / "run.log")
         try:
             async with httpx.AsyncClient() as client:
-                for _ in range(300):
-                    assert service.alive(), service.log_text()[-3000:]
-                    try:
-                        ready = await client.get(f"{url}/readyz")
-                        if ready.status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.1)
-                assert ready.status_code == 200, ready.text
+                ready = await wait_ready(client, service, url)
+                assert ready is not None and ready.status_code == 200, ready and ready.text
                 assert (await client.get(f"{url}/healthz")).status_code == 200
             before = await scrape(url)
             c, code = card(42)

@@ -48,3 +48,30 @@ async def live_states(settings: Settings) -> dict[str, InvoiceState]:
         assert record.key is not None and record.value is not None
         out[record.key.decode()] = wire.decode_state(record.value)
     return out
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free right now (for a service's metrics port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(client: Any, service: Any, url: str, *, attempts: int = 300) -> Any:
+    """Poll ``url``/readyz until it answers 200 while ``service`` stays alive;
+    returns the last answer (``None`` when none came)."""
+    import httpx
+
+    answer = None
+    for _ in range(attempts):
+        assert service.alive(), service.log_text()[-3000:]
+        try:
+            answer = await client.get(f"{url}/readyz")
+            if answer.status_code == 200:
+                return answer
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+    return answer

@@ -7,7 +7,6 @@ import json
 import logging
 
 import pytest
-import structlog
 
 from adapters.kafka_noise import TransientStartupErrors
 from adapters.logging import configure_logging
@@ -67,20 +66,13 @@ def test_other_lines_pass_untouched(line: tuple) -> None:
     assert record.levelno == line[1]
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_configured_logging_keeps_the_startup_line_off_the_screen_and_real_errors_on_it() -> None:
     out = io.StringIO()
-    saved_structlog, root = structlog.get_config(), logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
     configure_logging("json", "INFO", stream=out)
-    try:
-        logging.getLogger("aiokafka.consumer.group_coordinator").error(
-            "Group Coordinator Request failed: %s", "[Error 15] GroupCoordinatorNotAvailableError"
-        )
-        logging.getLogger("aiokafka.consumer.group_coordinator").error("Heartbeat failed: %r", "boom")
-    finally:
-        # Process-wide state: later tests (capture_logs) need it as it was.
-        structlog.configure(**saved_structlog)
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
+    logging.getLogger("aiokafka.consumer.group_coordinator").error(
+        "Group Coordinator Request failed: %s", "[Error 15] GroupCoordinatorNotAvailableError"
+    )
+    logging.getLogger("aiokafka.consumer.group_coordinator").error("Heartbeat failed: %r", "boom")
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["event"] for line in lines] == ["Heartbeat failed: 'boom'"]

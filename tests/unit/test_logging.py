@@ -26,20 +26,9 @@ from adapters.logging import (
 from domain.errors import ConfigurationError
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state; put it back for the other tests."""
-    saved_structlog = structlog.get_config()
-    root = logging.getLogger()
-    saved_handlers = list(root.handlers)
-    saved_level = root.level
-    saved_noisy = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
-    yield
-    structlog.configure(**saved_structlog)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    for name, level in saved_noisy.items():
-        logging.getLogger(name).setLevel(level)
+# configure_logging changes process-wide state: tests/conftest.py's
+# restore_logging puts it back after each test here.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

@@ -133,10 +133,9 @@ def _as_strings(headers: list[tuple[str, bytes | None]]) -> dict[str, str]:
 
 
 def test_outcome_and_delivery_headers_are_what_the_services_write() -> None:
-    from consumers.deliverer import DELIVERY_HEADERS
 
     _headers_validator("outcome").validate(_as_strings(wire.CLOUDEVENT_HEADERS))
-    _headers_validator("delivery").validate(_as_strings(DELIVERY_HEADERS))
+    _headers_validator("delivery").validate(_as_strings(wire.DELIVERY_HEADERS))
     assert not _headers_validator("outcome").is_valid({"content-type": "application/json"})
     assert not _headers_validator("delivery").is_valid({})
 
