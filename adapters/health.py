@@ -1,4 +1,4 @@
-"""HTTP endpoints for Prometheus and for orchestrators: /metrics, /healthz, /readyz.
+"""HTTP endpoints for Prometheus, orchestrators and support: /metrics, /healthz, /readyz, /invoices.
 
 ``HealthServer`` is a small aiohttp server that runs in the service's own
 asyncio loop, so ``/healthz`` answering at all proves the loop is not
@@ -19,13 +19,17 @@ While at least one check is registered, the server also sets the
 and on every ``/metrics`` scrape, so the metric and the probe never
 disagree; components register checks rather than set the gauge.
 
+- ``GET /invoices/{card_id}/{code}``: what the service knows of one invoice,
+  answered by the function given to ``set_invoice_query`` (the command wires
+  ``consumers.commands_status.InvoiceQuery``); ``404`` while none is set.
+
 Access logging is off: a scrape every few seconds is not news.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 
 from aiohttp import web
@@ -34,9 +38,12 @@ from prometheus_client.exposition import choose_encoder
 from adapters.logging import get_logger
 from adapters.metrics import Metrics
 
-__all__ = ["HealthServer", "ReadinessCheck"]
+__all__ = ["HealthServer", "InvoiceQueryHandler", "ReadinessCheck"]
 
 ReadinessCheck = Callable[[], bool]
+#: ``(card_id, code, query parameters, request headers) -> (HTTP status, JSON body)``:
+#: free of aiohttp, so the query lives outside this adapter.
+InvoiceQueryHandler = Callable[[str, str, Mapping[str, str], Mapping[str, str]], Awaitable[tuple[int, dict[str, object]]]]
 
 _log = get_logger(__name__)
 
@@ -58,6 +65,7 @@ class HealthServer:
         self._requested_port = port
         self._port: int | None = None
         self._checks: dict[str, ReadinessCheck] = {}
+        self._invoice_query: InvoiceQueryHandler | None = None
         self._runner: web.AppRunner | None = None
 
     def add_readiness_check(self, name: str, fn: ReadinessCheck) -> None:
@@ -69,6 +77,10 @@ class HealthServer:
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"readiness check {name!r} must be a plain function, not async")
         self._checks[name] = fn
+
+    def set_invoice_query(self, fn: InvoiceQueryHandler) -> None:
+        """Answer ``GET /invoices/{card_id}/{code}`` with ``fn`` (replaces any earlier one)."""
+        self._invoice_query = fn
 
     @property
     def port(self) -> int:
@@ -91,6 +103,7 @@ class HealthServer:
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_healthz)
         app.router.add_get("/readyz", self._handle_readyz)
+        app.router.add_get("/invoices/{card_id}/{code}", self._handle_invoice)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
@@ -101,7 +114,7 @@ class HealthServer:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
-        _log.info("health_server.started", url=self.url)
+        _log.info("health_server_started", url=self.url)
 
     async def stop(self) -> None:
         """Stop serving and release the port. Safe to call twice."""
@@ -128,10 +141,10 @@ class HealthServer:
         for name, fn in self._checks.items():
             try:
                 results[name] = bool(fn())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a check may fail any way; it reports not ready
                 # A broken check must not take the probe down with it: it
                 # reports "not ready" and says why in the log.
-                _log.warning("health_server.check_failed", check=name, error=repr(exc))
+                _log.warning("readiness_check_failed", check=name, error=repr(exc))
                 results[name] = False
         if results:
             self._metrics.ready.set(1 if all(results.values()) else 0)
@@ -146,6 +159,13 @@ class HealthServer:
 
     async def _handle_healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _handle_invoice(self, request: web.Request) -> web.Response:
+        query = self._invoice_query
+        if query is None:
+            return web.json_response({"error": "this process answers no invoice queries"}, status=404)
+        status, body = await query(request.match_info["card_id"], request.match_info["code"], request.query, request.headers)
+        return web.json_response(body, status=status)
 
     async def _handle_readyz(self, _request: web.Request) -> web.Response:
         results = self.evaluate()

@@ -171,7 +171,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     request=request,
                     extensions={"request_written": body is None or body.written},
                 )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             failure = exc
         raise _translate(failure, request, written=body is None or body.written)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -62,7 +62,7 @@ def translate(exc: BaseException, what: str) -> BrokerError:
 def broker_errors(what: str) -> Any:
     try:
         yield
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         raise translate(exc, what) from exc
 
 
@@ -72,7 +72,7 @@ def transaction_errors(what: str) -> Any:
     checks are assertions."""
     try:
         yield
-    except (KafkaError, OSError, asyncio.TimeoutError, AssertionError) as exc:
+    except (TimeoutError, KafkaError, OSError, AssertionError) as exc:
         raise translate(exc, what) from exc
 
 
@@ -153,6 +153,14 @@ def new_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafka
         "fetch_max_wait_ms": 100,
     }
     options.update(overrides)
+    if options.get("group_id") == settings.processor_group_id and "partition_assignment_strategy" not in options:
+        # Members of the processor group advertise their service URL, so any
+        # instance can find the owner of an invoice (adapters/owners.py).
+        from adapters.owners import AdvertisingAssignor, advertised_url  # owners imports this module
+
+        url = advertised_url(settings)
+        if url is not None:
+            options["partition_assignment_strategy"] = (AdvertisingAssignor(url),)
     return AIOKafkaConsumer(*topics, **client_options(settings), **options)
 
 
@@ -172,10 +180,10 @@ class TxnBatch:
         self._builders: dict[tuple[str, int], Any] = {}
         self._counts: dict[tuple[str, int], int] = {}
         self._futures: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
-        self._full: tuple[tuple[str, int], bytes | None, bytes | None, list[tuple[str, bytes]] | None] | None = None
+        self._full: tuple[tuple[str, int], bytes | None, bytes | None, Sequence[tuple[str, bytes | None]] | None] | None = None
 
     def append(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None
     ) -> bool:
         """Append a record; ``False`` when its batch is full: ``await ship_full()``,
         which ships that batch and appends the record to a fresh one.
@@ -202,7 +210,7 @@ class TxnBatch:
             raise BrokerError(f"record of {len(value or b'')} bytes does not fit a batch for {slot[0]}")
 
     async def add(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None
     ) -> None:
         if not self.append(topic, partition, key, value, headers):
             await self.ship_full()
@@ -271,7 +279,7 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     return []
 
 
-async def read_to_end(
+def read_to_end(
     settings: Settings,
     topic: str,
     *,
@@ -284,40 +292,15 @@ async def read_to_end(
 
     ``start`` maps partitions to first offsets (default: the beginning).
     The end is the last stable offset for read_committed readers, so open
-    transactions do not make this wait.
+    transactions do not make this wait. Read by ``adapters.partition_reader``,
+    the one reader (restore and replay read through it too).
     """
-    partitions = await partitions_of(settings, topic)
-    if not partitions:
-        return
-    consumer = new_consumer(
-        settings, group_id=None, isolation_level="read_committed" if read_committed else "read_uncommitted"
+    # Imported here: the reader is built on this module's clients and errors.
+    from adapters import partition_reader
+
+    return partition_reader.read_to_end(
+        settings, topic, start=start, read_committed=read_committed, chunk=chunk, timeout=timeout
     )
-    async with started(consumer):
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        ends = await end_offsets(consumer, tps)
-        begins = await beginning_offsets(consumer, tps)
-        todo: dict[TopicPartition, int] = {}
-        for tp in tps:
-            first = max((start or {}).get(tp.partition, begins[tp]), begins[tp])
-            if first < ends[tp]:
-                consumer.seek(tp, first)
-                todo[tp] = ends[tp]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while todo:
-            if loop.time() > deadline:
-                raise BrokerError(f"reading {topic}: partitions {sorted(tp.partition for tp in todo)} did not reach their end")
-            with broker_errors(f"read {topic}"):
-                fetched = await consumer.getmany(*todo, timeout_ms=300, max_records=chunk)
-            for records in fetched.values():
-                if records:
-                    deadline = loop.time() + timeout
-                    yield records
-            for tp in list(todo):
-                with broker_errors(f"position in {topic}"):
-                    if await consumer.position(tp) >= todo[tp]:
-                        del todo[tp]
 
 
 async def pipeline_partitions(

@@ -53,13 +53,13 @@ from aiokafka.structs import ConsumerRecord
 try:
     from aiokafka.record._crecords.default_records import DefaultRecordBatch as _FastBatch
 except ImportError:  # pragma: no cover - aiokafka built without its C extension
-    from aiokafka.record.default_records import DefaultRecordBatch as _FastBatch  # type: ignore[assignment]
+    from aiokafka.record.default_records import DefaultRecordBatch as _FastBatch
 
 __all__ = ["TolerantMemoryRecords", "UnreadableRecord", "install", "installed", "parse_batch"]
 
 
 @dataclasses.dataclass
-class UnreadableRecord(ConsumerRecord):  # type: ignore[type-arg]
+class UnreadableRecord(ConsumerRecord):  # type: ignore[misc]  # aiokafka ships no types: ConsumerRecord is Any
     """A record at ``offset`` the Kafka client could not parse; ``problem`` says why.
 
     ``key`` and ``value`` hold the raw bytes where they could be read, else None.
@@ -253,7 +253,7 @@ class TolerantMemoryRecords:
     next fetch) and keeps the last batch's bytes in ``current``.
     """
 
-    __slots__ = ("_buffer", "_pos", "_next_slice", "current")
+    __slots__ = ("_buffer", "_next_slice", "_pos", "current")
 
     def __init__(self, bytes_data: bytes) -> None:
         self._buffer = memoryview(bytes_data)
@@ -309,7 +309,7 @@ def _recoverable(partition_records: Any, batch: memoryview | None) -> bool:
     return bool(_FastBatch(batch).validate_crc())
 
 
-def _resume(partition_records: Any, batch: memoryview) -> Iterator[ConsumerRecord]:  # type: ignore[type-arg]
+def _resume(partition_records: Any, batch: memoryview) -> Iterator[ConsumerRecord]:
     """The rest of ``batch`` parsed in Python, then aiokafka's own iteration of the batches after it."""
     tp = partition_records._tp
     for parsed in parse_batch(batch, after=partition_records.next_fetch_offset - 1):
@@ -333,7 +333,7 @@ def _resume(partition_records: Any, batch: memoryview) -> Iterator[ConsumerRecor
     yield from partition_records._unpack_records()
 
 
-def _tolerant_next(self: Any) -> ConsumerRecord:  # type: ignore[type-arg]
+def _tolerant_next(self: Any) -> ConsumerRecord:
     """``PartitionRecords.__next__``, plus: a batch whose records the C parser
     refuses is parsed again from the first record not yet delivered."""
     while True:
@@ -362,13 +362,13 @@ def install() -> None:
     """Make aiokafka's fetcher tolerant (idempotent; adapters.kafka calls it once at import)."""
     if installed():
         return
-    fetcher.MemoryRecords = TolerantMemoryRecords  # type: ignore[misc,assignment]
-    fetcher.PartitionRecords.__next__ = _tolerant_next  # type: ignore[method-assign]
+    fetcher.MemoryRecords = TolerantMemoryRecords
+    fetcher.PartitionRecords.__next__ = _tolerant_next
 
 
 def uninstall() -> None:
     """Undo ``install()`` (tests and the overhead measurement compare both)."""
     from aiokafka.record.memory_records import MemoryRecords
 
-    fetcher.MemoryRecords = MemoryRecords  # type: ignore[misc]
-    fetcher.PartitionRecords.__next__ = _original_next  # type: ignore[method-assign]
+    fetcher.MemoryRecords = MemoryRecords
+    fetcher.PartitionRecords.__next__ = _original_next

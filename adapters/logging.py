@@ -5,9 +5,11 @@
 - structlog loggers (``get_logger``) and standard-library loggers (aiokafka,
   httpx, aiohttp, asyncio) render through the *same* processor chain and the
   same renderer, to one stream (stderr by default), one line per entry;
-- the chain merges ``structlog.contextvars`` (so ``bind_invoice`` or
-  ``bound_contextvars`` context appears on every line, the libraries' lines
-  included), adds ``level`` and an ISO-8601 UTC ``timestamp``, renders stack
+- the chain merges ``structlog.contextvars`` (so context bound with
+  ``structlog.contextvars.bound_contextvars(invoice=key)`` appears on every
+  line logged inside the block, the libraries' lines included; context
+  variables follow asyncio tasks, so concurrent work on different invoices
+  does not mix keys), adds ``level`` and an ISO-8601 UTC ``timestamp``, renders stack
   and exception information to text, and then **redacts secrets**;
 - JSON (one object per line) is used for ``fmt="json"``, or for ``"auto"``
   when the stream is not a terminal; otherwise structlog's ``ConsoleRenderer``.
@@ -34,6 +36,17 @@ replaced by ``***`` wherever it would appear. Forget rotated tokens with
 ``forget_secret`` once they have expired, to keep the set (and the regex
 built from it) small.
 
+**Event names** are snake_case identifiers, ``<subject>_<what happened>``
+in the past tense or as a state: ``processor_started``, ``delivery_final``,
+``partition_stalled``, ``repair_enqueued``, ``wechat_token_refreshed``. No
+spaces, dots or punctuation, and nothing variable in the name: values go in
+key-value pairs. So a line is found by equality (``event ==
+"delivery_final"`` in a log query, ``capture_logs`` in a test) rather than
+by a text search that breaks when the wording is improved, the JSON key
+needs no quoting in any query language, and a name reads the same in the
+console and JSON renderers. (Lines of libraries, routed through the
+standard library, keep their own messages.)
+
 Structlog loggers are native (``make_filtering_bound_logger``), not routed
 through ``logging``: a filtered-out debug call costs next to nothing and a
 rendered one skips ``logging``'s record machinery. Loggers are not cached on
@@ -48,8 +61,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Final
 
 import msgspec
@@ -57,11 +69,11 @@ import structlog
 from pydantic import SecretBytes, SecretStr
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from adapters.settings import env_name
 from domain.errors import ConfigurationError
 
 __all__ = [
     "MASK",
-    "bind_invoice",
     "configure_logging",
     "forget_secret",
     "get_logger",
@@ -141,7 +153,7 @@ def register_secret(value: str | SecretStr | None) -> None:
     and very short values (under 4 characters) are ignored: they are not
     real secrets, and masking them would garble every line.
     """
-    global _secrets_re
+    global _secrets_re  # noqa: PLW0603  # one registry of secrets per process
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if not value or len(value) < _MIN_SECRET_LEN:
@@ -155,7 +167,7 @@ def register_secret(value: str | SecretStr | None) -> None:
 
 def forget_secret(value: str | SecretStr | None) -> None:
     """Stop masking ``value`` (a rotated token, once expired). Unknown values are ignored."""
-    global _secrets_re
+    global _secrets_re  # noqa: PLW0603  # one registry of secrets per process
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if not value:
@@ -355,21 +367,21 @@ def configure_logging(
 
     Calling it again replaces the previous configuration.
     """
-    global _installed_handler
+    global _installed_handler  # noqa: PLW0603  # one installed handler per process, replaced on reconfigure
     if fmt not in _FORMATS:
-        raise ConfigurationError("INVOICE_SM_LOG_FORMAT", f"must be one of {', '.join(_FORMATS)}, not {fmt!r}")
-    level_no = logging.getLevelNamesMapping().get(level.upper()) if isinstance(level, str) else None
+        raise ConfigurationError(env_name("log_format"), f"must be one of {', '.join(_FORMATS)}, not {fmt!r}")
+    level_no = logging.getLevelNamesMapping().get(level.upper())
     if level_no is None or level.upper() == "NOTSET":
         raise ConfigurationError(
-            "INVOICE_SM_LOG_LEVEL", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
+            env_name("log_level"), f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
         )
     out: IO[str] = stream if stream is not None else sys.stderr
     tty = _is_tty(out)
     use_json = fmt == "json" or (fmt == "auto" and not tty)
 
     renderer: Callable[[WrappedLogger, str, EventDict], str]
-    if use_json:
-        renderer = structlog.processors.JSONRenderer(serializer=_serialize)
+    if use_json:  # noqa: SIM108  # two renderers with different types read better as branches
+        renderer = structlog.processors.JSONRenderer(serializer=_serialize)  # type: ignore[assignment]  # _serialize returns str
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
     final = _ScrubRendered(renderer)
@@ -423,15 +435,3 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
     if name is None:
         return structlog.get_logger()  # type: ignore[no-any-return]
     return structlog.get_logger(name)  # type: ignore[no-any-return]
-
-
-@contextmanager
-def bind_invoice(key: str) -> Iterator[None]:
-    """Add ``invoice=key`` to every line logged inside the block, libraries' lines included.
-
-    A thin name for ``structlog.contextvars.bound_contextvars(invoice=key)``;
-    context variables follow asyncio tasks, so concurrent deliveries of
-    different invoices do not mix their keys.
-    """
-    with structlog.contextvars.bound_contextvars(invoice=key):
-        yield

@@ -32,13 +32,20 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     broker_retries_total{role,reason}     Kafka operations retried (one per attempt; logged once per change)
     producer_replacements_total{role,reason}  transactional producers replaced after a fatal state or timeout
     dlq_truncated_total                   DLQ copies cut to fit the broker's limit (size and hash in headers)
-    divergences_total{kind}               differences ``reconcile`` found, by kind (consumers.reconcile.DIFFERENCE_KINDS)
+    divergences_total{kind}               differences ``reconcile`` found, by kind (domain.reconcile.DIFFERENCE_KINDS)
     ready                                 1 while every readiness check passes
+
+``NullMetrics`` has the same attributes, each a metric that records nothing:
+code that is handed no metrics (a tool, a test, a one-off command) gets
+``NULL_METRICS`` and calls it like the real thing, instead of checking for
+``None`` before every increment. prometheus_client has no null object of its
+own; a unit test keeps the two attribute sets equal.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -48,11 +55,14 @@ __all__ = [
     "DELIVERY_RESULTS",
     "ERRCODE_CLASSES",
     "EVENT_OUTCOMES",
+    "METRIC_NAMES",
     "NAMESPACE",
+    "NULL_METRICS",
     "ROLES",
     "STALL_REASONS",
     "WECHAT_LATENCY_BUCKETS",
     "Metrics",
+    "NullMetrics",
 ]
 
 NAMESPACE: Final = "invoice_sm"
@@ -146,7 +156,24 @@ class Metrics:
             "parked_appids", "Appids parked until their quota resets", namespace=ns, registry=r
         )
         self.parked_appid = Gauge(
-            "parked_appid", "1 while this appid is parked on quota", ["appid"], namespace=ns, registry=r
+            "parked_appid",
+            "1 while this appid is parked (quota, credentials); at most INVOICE_SM_METRICS_MAX_APPIDS series, the rest as _other",
+            ["appid"],
+            namespace=ns,
+            registry=r,
+        )
+        self.deliveries_waiting = Gauge(
+            "deliveries_waiting",
+            "Deliveries in the waiting room, off the commit path, by reason",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.delivery_worker_errors_total = Counter(
+            "delivery_worker_errors",
+            "Unexpected exceptions in a delivery worker (the job is retried as possibly applied)",
+            namespace=ns,
+            registry=r,
         )
 
         # Kafka and local state
@@ -210,3 +237,81 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format (0.0.4)."""
         return generate_latest(self.registry)
+
+
+class _NullMetric:
+    """A counter, gauge or histogram (labelled or not) that records nothing."""
+
+    __slots__ = ()
+
+    def labels(self, *_values: Any, **_labels: Any) -> _NullMetric:
+        return self
+
+    def inc(self, _amount: float = 1) -> None:
+        pass
+
+    def dec(self, _amount: float = 1) -> None:
+        pass
+
+    def set(self, _value: float) -> None:
+        pass
+
+    def observe(self, _value: float) -> None:
+        pass
+
+    def time(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+_NULL_METRIC: Final = _NullMetric()
+
+
+class NullMetrics(Metrics):
+    """``Metrics`` whose every metric is a no-op, for code run without a registry to fill.
+
+    A subclass so it goes wherever a ``Metrics`` does. Its ``registry`` is
+    empty (``render`` gives an empty exposition), and nothing is registered,
+    so any number of them can exist side by side.
+    """
+
+    def __init__(self) -> None:
+        # Deliberately not calling Metrics.__init__: that registers real series.
+        self.registry = CollectorRegistry()
+        for name in METRIC_NAMES:
+            setattr(self, name, _NULL_METRIC)
+
+
+#: Every metric attribute of ``Metrics``, in definition order. ``NullMetrics``
+#: nulls exactly these; tests/unit/test_metrics.py keeps the list complete.
+METRIC_NAMES: Final = (
+    "events_total",
+    "dlq_total",
+    "batches_total",
+    "batch_seconds",
+    "deliveries_total",
+    "delivery_attempts_total",
+    "delivery_queue_depth",
+    "deliveries_in_flight",
+    "wechat_calls_total",
+    "wechat_latency_seconds",
+    "token_refreshes_total",
+    "token_refresh_failures_total",
+    "parked_appids",
+    "parked_appid",
+    "deliveries_waiting",
+    "delivery_worker_errors_total",
+    "consumer_lag",
+    "restore_records_total",
+    "restore_seconds",
+    "restore_in_progress",
+    "assigned_partitions",
+    "partition_stalled",
+    "broker_retries_total",
+    "producer_replacements_total",
+    "dlq_truncated_total",
+    "divergences_total",
+    "ready",
+)
+
+#: The one shared null object (it holds no state): the default wherever metrics are optional.
+NULL_METRICS: Final = NullMetrics()

@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     topic_outcomes: str = "invoice.outcomes"
     topic_state: str = "invoice.state"
     topic_deliveries: str = "invoice.deliveries"
+    topic_delivery_waiting: str = "invoice.deliveries.waiting"
     topic_dlq: str = "invoice.events.dlq"
+    topic_component: str = Field(
+        default="invoice.wechat.component", description="compacted: component verify tickets and authorization events (webhook -> deliverers)"
+    )
     topic_partitions: int = Field(default=6, ge=1, description="partitions when topics are created")
     topic_replication_factor: int = Field(default=1, ge=1)
     topic_min_insync_replicas: int | None = Field(
@@ -93,12 +97,26 @@ class Settings(BaseSettings):
     credential_park_s: float = Field(default=60.0, gt=0, description="retry an account whose credentials WeChat refused after this long")
     delivery_commit_interval_ms: int = Field(default=200, ge=10, description="how often finished deliveries are committed")
     delivery_max_pending: int = Field(default=20_000, ge=10, description="outcomes held per partition before fetching pauses")
+    delivery_park_after_s: float = Field(
+        default=5.0, gt=0, description="a retry backoff longer than this moves the delivery to the waiting room, off the commit path"
+    )
+    delivery_no_credentials_timeout_s: float = Field(
+        default=3600.0, gt=0, description="deliveries for an appid without credentials end failed/no_credentials after waiting this long"
+    )
+    delivery_max_waiting: int = Field(
+        default=200_000, ge=10, description="waiting deliveries held per partition before fetching pauses (memory bound)"
+    )
+    delivery_takeover_wait_s: float | None = Field(
+        default=None, ge=0,
+        description="after an unclean takeover, no call for this long (default: INVOICE_SM_WECHAT_TIMEOUT_S x 2 + 1, "
+        "the longest a call of the previous owner can still be in flight)",
+    )
 
     # WeChat
     wechat_base_url: str = "https://api.weixin.qq.com"
     wechat_appid: str | None = None
     wechat_secret: SecretStr | None = None
-    wechat_token_mode: TokenMode = "stable"
+    wechat_token_mode: TokenMode = "stable"  # noqa: S105 - a mode name, not a secret
     wechat_component_appid: str | None = None
     wechat_component_secret: SecretStr | None = None
     wechat_component_verify_ticket: SecretStr | None = None
@@ -110,9 +128,40 @@ class Settings(BaseSettings):
     wechat_timeout_s: float = Field(default=5.0, gt=0)
     wechat_token_refresh_margin_s: float = Field(default=300.0, ge=0)
 
+    # Webhook (WeChat's pushes in)
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int | None = Field(
+        default=None, ge=0, le=65535, description="WeChat push endpoint; `run` starts the webhook only when it is set"
+    )
+    wechat_push_token: SecretStr | None = Field(default=None, description="the Token of WeChat's message-push configuration")
+    wechat_encoding_aes_key: SecretStr | None = Field(
+        default=None, description="the 43-character EncodingAESKey (compatible and safe mode)"
+    )
+    webhook_max_body_bytes: int = Field(default=65536, ge=1024, description="larger push bodies are refused unread (413)")
+    webhook_publish_timeout_s: float = Field(
+        default=3.0, gt=0, lt=5, description="a push not published within this is answered 503 (WeChat retries; it waits 5 s)"
+    )
+
+    @field_validator("wechat_encoding_aes_key")
+    @classmethod
+    def _aes_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from adapters.wechat_crypto import decode_aes_key
+
+            decode_aes_key(value.get_secret_value())  # ValueError names the problem, never the key
+        return value
+
     # Operations
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz")
     metrics_host: str = "127.0.0.1"
+    advertised_url: str | None = Field(
+        default=None,
+        description="URL other instances and `invoice-sm status` reach this instance's service port at (default http://METRICS_HOST:METRICS_PORT)",
+    )
+    status_scan_records: int = Field(
+        default=1_000_000, ge=100, description="most records `status` reads back per topic partition to find an invoice's history"
+    )
+    metrics_max_appids: int = Field(default=50, ge=1, description="per-appid metric series kept; further appids are counted as _other")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -122,6 +171,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("advertised_url")
+    @classmethod
+    def _advertised(cls, value: str | None) -> str | None:
+        return None if value is None else cls._url(value)
 
     @field_validator("topic_outcomes_retention_ms", "topic_deliveries_retention_ms", "topic_dlq_retention_ms")
     @classmethod
@@ -160,6 +214,13 @@ class Settings(BaseSettings):
                 f"{env_name('wechat_token_url')} or {env_name('wechat_token_command')}",
                 "one is required by token mode 'external'",
             )
+
+    def require_webhook(self) -> None:
+        """Stop the start of the webhook when it cannot verify pushes."""
+        _require(self, "webhook_port", "wechat_push_token", why="the webhook")
+        if self.wechat_token_mode == "component":  # noqa: S105 - a mode name, not a secret
+            # The appid a platform's pushes are encrypted for.
+            _require(self, "wechat_component_appid", why="the webhook in token mode 'component'")
 
     def require_sasl(self) -> None:
         if self.kafka_security_protocol.startswith("SASL"):

@@ -19,9 +19,10 @@ from __future__ import annotations
 import shutil
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from adapters.settings import env_name
 from domain.errors import ConfigurationError
 from domain.model import InvoiceState
 
@@ -132,13 +133,13 @@ class RocksPartitionStore(PartitionStore):
         options.set_memtable_whole_key_filtering(True)
         try:
             self._db = Rdict(str(path), options)
-        except Exception as exc:  # rocksdict raises bare Exception
+        except Exception as exc:  # rocksdict raises bare Exception  # noqa: BLE001  # rocksdict raises plain Exception for a locked database
             message = str(exc)
             if "lock" in message.lower():
                 raise ConfigurationError(
-                    "INVOICE_SM_STATE_DIR", f"{path} is in use by another process; give each instance its own state dir"
+                    env_name("state_dir"), f"{path} is in use by another process; give each instance its own state dir"
                 ) from None
-            raise ConfigurationError("INVOICE_SM_STATE_DIR", f"cannot open {path}: {message}") from None
+            raise ConfigurationError(env_name("state_dir"), f"cannot open {path}: {message}") from None
         # No fsync per write: the WAL still survives a process kill. Without a
         # WAL (a changelog cache), each WriteBatch (states with the changelog
         # offset they are current to) is still applied atomically and a crash
@@ -146,7 +147,7 @@ class RocksPartitionStore(PartitionStore):
         # back is always one the data matches, and restore catches up.
         write_options = WriteOptions()
         write_options.sync = False
-        write_options.disable_wal = not write_ahead_log
+        write_options.disable_wal = not write_ahead_log  # type: ignore[method-assign,assignment]  # rocksdict's stub types this property as a method
         self._no_wal = not write_ahead_log
         self._db.set_write_options(write_options)
         raw = self._db.get(_OFFSET_KEY)
@@ -185,7 +186,7 @@ class RocksPartitionStore(PartitionStore):
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items():
             if key != _OFFSET_KEY:
-                yield key, value
+                yield key, value  # type: ignore[misc]  # raw mode: keys and values are bytes
 
     def wipe(self) -> None:
         from rocksdict import Options, Rdict
@@ -212,20 +213,30 @@ class InvoiceStates:
     ``pending`` holds what the open transaction decided; it is visible to
     later events of the same batch, and moves to cache and store only after
     the transaction commits (``commit``), or is dropped on abort (``discard``).
+
+    Hot path (one ``get`` and usually one ``put`` per event): staged states
+    and their encoded values sit in two dicts rather than one of pairs (no
+    tuple per event for the garbage collector to track), and ``commit``
+    fills the cache in one loop and trims it once.
     """
 
-    def __init__(self, store: PartitionStore, cache_size: int, decode: callable, encode: callable) -> None:  # type: ignore[valid-type]
+    def __init__(
+        self, store: PartitionStore, cache_size: int, decode: Callable[[bytes], InvoiceState], encode: Callable[[InvoiceState], bytes]
+    ) -> None:
         self.store = store
         self._cache: OrderedDict[str, InvoiceState] = OrderedDict()
         self._cache_size = cache_size
         self._decode = decode
         self._encode = encode
-        self.pending: dict[str, tuple[InvoiceState, bytes]] = {}
+        #: Invoice key -> the state the open transaction left it in.
+        self.pending: dict[str, InvoiceState] = {}
+        #: Store key (the invoice key's bytes) -> that state's changelog value: what ``commit`` writes, as is.
+        self._pending_values: dict[bytes, bytes] = {}
 
     def get(self, key: str) -> InvoiceState | None:
-        hit = self.pending.get(key)
-        if hit is not None:
-            return hit[0]
+        state = self.pending.get(key)
+        if state is not None:
+            return state
         state = self._cache.get(key)
         if state is not None:
             self._cache.move_to_end(key)
@@ -240,18 +251,30 @@ class InvoiceStates:
     def put(self, key: str, state: InvoiceState) -> bytes:
         """Stage ``state`` under its invoice key; returns its encoded changelog value."""
         value: bytes = self._encode(state)
-        self.pending[key] = (state, value)
+        self.pending[key] = state
+        self._pending_values[key.encode()] = value
         return value
 
     def commit(self, changelog_offset: int) -> None:
-        if self.pending:
-            self.store.apply(((k.encode(), v) for k, (_, v) in self.pending.items()), changelog_offset)
-            for key, (state, _) in self.pending.items():
-                self._remember(key, state)
-            self.pending.clear()
+        pending = self.pending
+        if not pending:
+            return
+        self.store.apply(self._pending_values.items(), changelog_offset)
+        if self._cache_size > 0:
+            cache = self._cache
+            move = cache.move_to_end
+            for key, state in pending.items():
+                cache[key] = state
+                move(key)
+            pop = cache.popitem
+            for _ in range(len(cache) - self._cache_size):
+                pop(last=False)
+        pending.clear()
+        self._pending_values.clear()
 
     def discard(self) -> None:
         self.pending.clear()
+        self._pending_values.clear()
 
     def resize(self, cache_size: int) -> None:
         self._cache_size = cache_size

@@ -66,8 +66,10 @@ from pydantic import SecretStr
 from adapters.logging import forget_secret, get_logger, register_secret
 from adapters.settings import Settings, env_name
 from domain.errors import (
+    AuthorizerUnauthorizedError,
     ConfigurationError,
     CredentialError,
+    MissingCredentialsError,
     QuotaExhaustedError,
     TransientWeChatError,
     WeChatError,
@@ -80,6 +82,7 @@ __all__ = [
     "NO_CREDENTIALS_ERRCODE",
     "REFRESH_RETRY_S",
     "TOKEN_APPID_ENV",
+    "UNAUTHORIZED_ERRCODE",
     "AccessToken",
     "CachingTokenProvider",
     "ClassicTokenProvider",
@@ -99,11 +102,14 @@ DEFAULT_REFRESH_MARGIN_S = 300.0
 #: After a failed refresh-ahead, serve the still-valid token this long before trying again.
 REFRESH_RETRY_S = 10.0
 #: Environment variable naming the appid for an ``external`` token command.
-TOKEN_APPID_ENV = "INVOICE_SM_TOKEN_APPID"
+TOKEN_APPID_ENV = "INVOICE_SM_TOKEN_APPID"  # noqa: S105 - the variable's name, not a secret
 #: errcode of the ``CredentialError`` raised when no credentials are configured
 #: for the asked appid. It is WeChat's "access_token missing", which is what
 #: sending the call would get.
 NO_CREDENTIALS_ERRCODE = 41001
+#: errcode of ``AuthorizerUnauthorizedError``: WeChat's 61003 ("component is
+#: not authorized by this account"), what a call for that authorizer would get.
+UNAUTHORIZED_ERRCODE = 61003
 # Token-endpoint errcodes worth retrying: busy and the per-minute quota.
 _TRANSIENT_TOKEN_ERRCODES = frozenset({-1, MINUTE_QUOTA_ERRCODE})
 # WeChat errmsgs are short; anything longer is not worth carrying around.
@@ -318,7 +324,7 @@ class _SingleAccountProvider(CachingTokenProvider):
 
     def _check_appid(self, appid: str) -> None:
         if appid != self._appid:
-            raise CredentialError(
+            raise MissingCredentialsError(
                 NO_CREDENTIALS_ERRCODE,
                 f"no credentials for appid {appid}: token mode {self.mode!r} serves appid {self._appid} only",
             )
@@ -553,6 +559,8 @@ class ComponentTokenProvider(CachingTokenProvider):
         )
         for secret in (component_secret, verify_ticket, *self._refresh_tokens.values()):
             register_secret(secret)
+        # Authorizers whose ``unauthorized`` push arrived (adapters.component_feed).
+        self._unauthorized: set[str] = set()
 
     @property
     def component_refreshes(self) -> int:
@@ -565,6 +573,40 @@ class ComponentTokenProvider(CachingTokenProvider):
         register_secret(secret)
         self._component.verify_ticket = secret
 
+    def revoke_authorizer(self, appid: str) -> None:
+        """The authorizer revoked us (``unauthorized`` push): its cached token is
+        dropped and every later ``get`` for it raises ``AuthorizerUnauthorizedError``."""
+        self._unauthorized.add(appid)
+        self._forget_token(appid)
+        log.warning("wechat_authorizer_unauthorized", appid=appid)
+
+    def authorization_changed(self, appid: str) -> None:
+        """``authorized`` / ``updateauthorized``: the authorizer is served again and
+        its next ``get`` fetches a fresh token (it may carry other permissions now)."""
+        self._unauthorized.discard(appid)
+        self._forget_token(appid)
+        log.info("wechat_authorizer_authorization_changed", appid=appid)
+
+    def is_unauthorized(self, appid: str) -> bool:
+        return appid in self._unauthorized
+
+    def _forget_token(self, appid: str) -> None:
+        # Not popped: a fetch in flight holds this slot's lock, and callers queued
+        # behind it must see that a fresh fetch is due.
+        slot = self._slots.get(appid)
+        if slot is not None:
+            slot.token = None
+            slot.refresh_at = slot.retry_at = 0.0
+
+    async def get(self, appid: str) -> AccessToken:
+        if appid in self._unauthorized:
+            raise AuthorizerUnauthorizedError(
+                UNAUTHORIZED_ERRCODE,
+                f"authorizer appid {appid} revoked this platform's authorization (unauthorized push): "
+                f"nothing is sent for it until it authorizes again",
+            )
+        return await super().get(appid)
+
     async def aclose(self) -> None:
         await self._component.aclose()
         await super().aclose()
@@ -572,7 +614,7 @@ class ComponentTokenProvider(CachingTokenProvider):
     async def _fetch(self, appid: str) -> tuple[str, float]:
         refresh = self._refresh_tokens.get(appid)
         if refresh is None:
-            raise CredentialError(
+            raise MissingCredentialsError(
                 NO_CREDENTIALS_ERRCODE,
                 f"no authorizer_refresh_token for authorizer appid {appid} "
                 f"(set {env_name('wechat_authorizer_refresh_tokens')})",

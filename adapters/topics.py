@@ -103,14 +103,25 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             n, rf, isr, "one final WeChat delivery record per accepted outcome; reconcile reads it",
         ),
         TopicSpec(
+            settings.topic_delivery_waiting, "waiting", "idempotency key", "compact", None, n, rf, isr,
+            "deliveries waiting off the commit path (parked account, long backoff) and each partition's "
+            "ownership marker: the deliverer's changelog (as many partitions as outcomes)",
+        ),
+        TopicSpec(
             settings.topic_dlq, "dlq", "original key", "delete", settings.topic_dlq_retention_ms, n, rf, isr,
             "input that could not be decided: original bytes and headers plus dlq.* headers",
+        ),
+        TopicSpec(
+            settings.topic_component, "component", "component appid (ticket) or component_appid/authorizer_appid",
+            "compact", None, n, rf, isr,
+            "component verify tickets and authorization events pushed by WeChat, written by the webhook; "
+            "every deliverer instance reads all of it (third-party platform mode)",
         ),
     ]
 
 
 def spec_of(settings: Settings, role: str) -> TopicSpec:
-    """The table's row for ``role`` (``events``, ``outcomes``, ``state``, ``deliveries``, ``dlq``)."""
+    """The table's row for ``role`` (``events``, ``outcomes``, ``state``, ``deliveries``, ``waiting``, ``dlq``, ``component``)."""
     for spec in topic_table(settings):
         if spec.role == role:
             return spec
@@ -176,7 +187,7 @@ async def explain_connect_failure(settings: Settings) -> None:
         raise ConfigurationError(
             env_name("kafka_ssl_cafile"), f"the certificate of the broker at {host}:{port} is not trusted: {exc.verify_message}"
         ) from None
-    except Exception:
+    except Exception:  # noqa: BLE001 - only a diagnosis: the broker error that follows says enough
         return  # unreachable or something else: the broker error says enough
     conn.close()
 
@@ -194,7 +205,7 @@ async def topic_configs(settings: Settings, names: list[str]) -> dict[str, dict[
     out: dict[str, dict[str, str]] = {}
     for response in responses:
         for resource in response.resources:
-            # (error_code, error_message, resource_type, resource_name, config_entries)
+            # Each resource is the tuple error_code, error_message, resource_type, resource_name, config_entries.
             error_code, name, entries = resource[0], resource[3], resource[4]
             if error_code:
                 continue
@@ -266,7 +277,7 @@ async def guard_event_retention(settings: Settings, topic: str | None = None) ->
     if finite is None:
         return
     if settings.allow_finite_event_retention:
-        log.warning("events topic has a finite retention; allowed", topic=topic, retention=finite, alert=True)
+        log.warning("finite_event_retention_allowed", topic=topic, retention=finite, alert=True)
         return
     raise ConfigurationError(
         ALLOW_FINITE,
@@ -300,7 +311,7 @@ async def refuse_truncated_history(settings: Settings, what: str, *, force: bool
         return
     starts = ", ".join(f"{p}:{o}" for p, o in truncated.items())
     if force:
-        log.warning("repairing from a truncated history (forced)", what=what, log_start_offsets=starts, alert=True)
+        log.warning("truncated_history_forced", what=what, log_start_offsets=starts, alert=True)
         return
     raise ConfigurationError(
         "--force",
@@ -353,13 +364,19 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = 
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    if settings.topic_state in counts and settings.topic_events in counts:
-        if counts[settings.topic_state] != counts[settings.topic_events]:
-            raise ConfigurationError(
-                env_name("topic_state"),
-                f"{settings.topic_state} has {counts[settings.topic_state]} partitions but "
-                f"{settings.topic_events} has {counts[settings.topic_events]}; the changelog must match the input",
-            )
+    state, events = settings.topic_state, settings.topic_events
+    if state in counts and events in counts and counts[state] != counts[events]:
+        raise ConfigurationError(
+            env_name("topic_state"),
+            f"{state} has {counts[state]} partitions but {events} has {counts[events]}; the changelog must match the input",
+        )
+    waiting, outcomes = settings.topic_delivery_waiting, settings.topic_outcomes
+    if waiting in counts and outcomes in counts and counts[waiting] != counts[outcomes]:
+        raise ConfigurationError(
+            env_name("topic_delivery_waiting"),
+            f"{waiting} has {counts[waiting]} partitions but {outcomes} "
+            f"has {counts[outcomes]}; the changelog must match the input",
+        )
     if settings.topic_events in counts:
         await guard_event_retention(settings)
     return counts

@@ -339,7 +339,7 @@ class _HTTPClient(httpx.AsyncClient):
         super().__init__(**kwargs)
         self._cookies = _AnswerCookiesIgnored(self._cookies)
 
-    @property  # type: ignore[override]
+    @property
     def cookies(self) -> httpx.Cookies:
         return self._cookies
 

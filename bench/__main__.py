@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 modules[name].run(ctx)
             except KeyboardInterrupt:
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed suite is reported and the others still run
                 failed.append(name)
                 traceback.print_exc()
                 ctx.say(f"suite {name}: FAILED after {time.perf_counter() - t:.1f} s (scratch kept in {workdir})")

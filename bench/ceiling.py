@@ -33,12 +33,12 @@ stops it cleanly.
 
 from __future__ import annotations
 
-from typing import Any
 import argparse
 import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
@@ -52,7 +52,7 @@ class CeilingPipe(ConsumerRebalanceListener):
         self.group_id = settings.processor_group_id
         self.outcome = b"o" * outcome_bytes
         self.state = b"s" * state_bytes
-        self.producers: dict[TopicPartition, object] = {}
+        self.producers: dict[TopicPartition, Any] = {}  # aiokafka's producers (untyped)
         self.consumer = kafka.new_consumer(
             settings,
             group_id=self.group_id,
@@ -67,7 +67,7 @@ class CeilingPipe(ConsumerRebalanceListener):
             producer = self.producers.pop(tp, None)
             if producer is not None:
                 with contextlib.suppress(Exception):
-                    await producer.stop()  # type: ignore[attr-defined]
+                    await producer.stop()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         new = {
@@ -88,14 +88,14 @@ class CeilingPipe(ConsumerRebalanceListener):
         partition = tp.partition
         outcome, state = self.outcome, self.state
         topic_outcomes, topic_state = settings.topic_outcomes, settings.topic_state
-        await producer.begin_transaction()  # type: ignore[attr-defined]
-        batch = kafka.TxnBatch(producer)  # type: ignore[arg-type]
+        await producer.begin_transaction()
+        batch = kafka.TxnBatch(producer)
         for record in records:
             await batch.add(topic_outcomes, partition, record.key, outcome)
             await batch.add(topic_state, partition, record.key, state)
         await batch.flush()
-        await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)  # type: ignore[attr-defined]
-        await producer.commit_transaction()  # type: ignore[attr-defined]
+        await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+        await producer.commit_transaction()
         self.processed += len(records)
 
     def _start_batch(self, tp: Any, records: Any) -> Any:

@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 from adapters import topics
-from adapters.kafka_local import LocalKafkaCluster
 from bench import common
 from bench.common import BenchContext
 from bench.processor import PARTITIONS, _run_processor
+from devtools.kafka_local import LocalKafkaCluster
 
 TITLE = "invoice-sm processor: 3-node cluster (RF 3, min ISR 2) beside a single broker (RF 1)"
 
@@ -79,7 +79,7 @@ async def _bench(ctx: BenchContext, p: dict[str, Any], cluster: LocalKafkaCluste
         "summary": {
             "events_per_s": medians,
             "ratio_cluster_to_single": round(medians["cluster"] / medians["single"], 3),
-            "ratio_per_round": [round(c["events_per_s"] / s["events_per_s"], 3) for c, s in zip(runs["cluster"], runs["single"])],
+            "ratio_per_round": [round(c["events_per_s"] / s["events_per_s"], 3) for c, s in zip(runs["cluster"], runs["single"], strict=True)],
         },
     }
 
@@ -101,7 +101,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
          ", ".join(f"{x['events_per_s']:,.0f}" for x in result["runs"]["cluster"])],
         ["cluster / single", "", f"{s['ratio_cluster_to_single']:.2f}", ", ".join(f"{x:.2f}" for x in s["ratio_per_round"])],
     ]
-    title = f"invoice-sm processor on a cluster ({'quick' if ctx.quick else 'full'}, {result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    title = (
+        f"invoice-sm processor on a cluster ({'quick' if ctx.quick else 'full'}, "
+        f"{result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    )
     json_path, md_path = ctx.write_results(
         "cluster", result, columns, rows, title=title,
         notes=(__doc__ or "").strip() + f"\n\n{p['events']:,} events, {p['invoices']:,} invoices, {PARTITIONS} partitions, "

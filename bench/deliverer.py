@@ -1,7 +1,7 @@
 """Deliverer benchmark: deliveries/s beside the limit and wechatpy; event -> WeChat latency.
 
 Everything talks to the WeChat simulator run as a child process
-(``python -m simulator --latency-ms 20``: every ``updatestatus`` answer is
+(``python -m devtools.simulator --latency-ms 20``: every ``updatestatus`` answer is
 held 20 ms), on the shared benchmark broker (6 partitions). Each contender
 is a child process of its own, so none shares a GIL with the simulator or
 with this process (which only produces inputs and polls).
@@ -155,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--deliverer-seconds", type=float, help="measured seconds of the latency part (default 9; quick 1)")
     g.add_argument(
         "--deliverer-processes", type=int, default=2,
-        help="also run this many deliverer processes in one group at the largest concurrency and in the latency part (default 2; 1 = off)",
+        help="also run this many deliverer processes in one group at the "
+             "largest concurrency and in the latency part (default 2; 1 = off)",
     )
 
 
@@ -286,7 +287,7 @@ def outcome_records(prefix: str, count: int) -> Iterator[tuple[bytes, bytes]]:
 
 
 class SimulatorProcess:
-    """``python -m simulator --port 0 --latency-ms N`` as a :class:`Child`.
+    """``python -m devtools.simulator --port 0 --latency-ms N`` as a :class:`Child`.
 
     ``base_url``, ``control`` (a :class:`simulator.SimulatorControl`), and
     ``psutil`` handle ``proc`` for CPU sampling. Use as a context manager.
@@ -295,9 +296,9 @@ class SimulatorProcess:
     def __init__(self, log_path: Path, *, latency_ms: int = 20, extra_args: Sequence[str] = (), timeout: float = 60.0) -> None:
         import psutil
 
-        from simulator.control import SimulatorControl
+        from devtools.simulator.control import SimulatorControl
 
-        self.child = Child("simulator", "--host", "127.0.0.1", "--port", "0", "--latency-ms", str(latency_ms), *extra_args, log_path=log_path)
+        self.child = Child("devtools.simulator", "--host", "127.0.0.1", "--port", "0", "--latency-ms", str(latency_ms), *extra_args, log_path=log_path)
         deadline = time.monotonic() + timeout
         while True:
             match = re.search(r"listening on (http://\S+)", self.child.log_text())
@@ -395,7 +396,8 @@ async def wait_calls(
         if time.monotonic() > deadline:
             if partial_ok:
                 return watch
-            raise TimeoutError(f"{len(watch.calls)}/{expected} successful calls on {prefix}* after {timeout:.0f} s (failed: {dict(watch.failed)})")
+            raise TimeoutError(f"{len(watch.calls)}/{expected} successful calls on {prefix}* "
+                               f"after {timeout:.0f} s (failed: {dict(watch.failed)})")
         await asyncio.sleep(interval)
 
 
@@ -581,7 +583,7 @@ async def _wait_group_settled(children: Sequence[Child], partitions: int, timeou
     """Until every child logged an assignment and the latest assignments cover ``partitions`` once."""
     deadline = time.monotonic() + timeout
     for ch in children:
-        await ch.wait_for_log("deliverer partitions assigned", timeout=timeout)
+        await ch.wait_for_log("deliverer_partitions_assigned", timeout=timeout)
     # A later joiner makes the group rebalance: wait until the logs are quiet for a while.
     quiet_since, sizes = time.monotonic(), [ch.log_path.stat().st_size for ch in children]
     while time.monotonic() - quiet_since < 3.0:
@@ -597,7 +599,7 @@ def _sum_contenders(watch: CallWatch) -> None:
     """``contender0``, ``contender1``, ... -> one ``contender`` (CPU summed over the processes)."""
     for sample in (watch.cpu_first, watch.cpu_done):
         parts = [v for k, v in sample.items() if k.startswith("contender")]
-        sample["contender"] = None if not parts or any(v is None for v in parts) else sum(parts)  # type: ignore[arg-type]
+        sample["contender"] = None if not parts or any(v is None for v in parts) else sum(parts)  # type: ignore[arg-type]  # parts hold no None here
 
 
 async def run_peer(ctx: BenchContext, sim: SimulatorProcess, *, mode: str, concurrency: int, count: int) -> dict[str, Any]:
@@ -754,7 +756,7 @@ async def latency(
     try:
         await processor.wait_for_log('"partitions assigned"', timeout=120)
         if processes == 1:
-            await deliverer.wait_for_log("deliverer partitions assigned", timeout=120)
+            await deliverer.wait_for_log("deliverer_partitions_assigned", timeout=120)
         else:
             await _wait_group_settled(deliverers, PARTITIONS)
         since = sim.control.last_seq()
@@ -782,8 +784,8 @@ async def latency(
             o = wire.decode_outcome(r.value)
             types[o.type] += 1
             if o.type == "invoice.status.accepted":
-                d = o.data
-                processed[f"{d.card_id}/{d.code}#{d.version}"] = parse_rfc3339(d.processed_at)
+                data = o.data
+                processed[f"{data.card_id}/{data.code}#{data.version}"] = parse_rfc3339(data.processed_at)
     first_call: dict[str, float] = {}
     for c in watch.calls:
         if c.idempotency_key and c.idempotency_key not in first_call:
@@ -835,7 +837,8 @@ async def latency(
         "cdf_ms": deliverer_figures.cdf(total_ms),
         "publish_to_processed_ms": rounded(percentiles(proc_ms)),
         "processed_to_call_ms": rounded(percentiles(deliver_ms)),
-        "method": "latency = simulator call record time (decided, after its 20 ms) - publish wall clock, first successful call per "
+        "method": "latency = simulator call record time (decided, after its "
+                  "20 ms) - publish wall clock, first successful call per "
         "idempotency key, warm-up events excluded; an event not called by the cut-off counts as (cut-off - publish), a lower "
         "bound ('censored'); split at the outcome's processed_at (ms precision)",
         "logs": [str(processor.log_path), *(str(d.log_path) for d in deliverers)],
@@ -887,7 +890,7 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
     import pstats
 
     stats = pstats.Stats(str(path))
-    raw = stats.stats  # type: ignore[attr-defined]
+    raw = stats.stats  # type: ignore[attr-defined]  # pstats keeps it undocumented, and typeshed leaves it out
     total = sum(v[2] for v in raw.values())
 
     def label(func: tuple[str, int, str]) -> str:
@@ -920,9 +923,9 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
 # ------------------------------------------------------------------ suite
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(common.median(values), 3) if values else None
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(common.median(present), 3) if present else None
 
 
 NICE_RATES = (5000.0, 2000.0, 1000.0, 500.0, 200.0, 100.0, 50.0, 20.0, 10.0)
@@ -1143,13 +1146,17 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         if m:
             over = m.get("over_peer", {})
             rows.append(
-                [f"deliveries/s, concurrency {m['concurrency']}, {m['processes']} deliverer processes (one group, {m['concurrency'] // m['processes']} each)",
+                [(f"deliveries/s, concurrency {m['concurrency']}, {m['processes']} deliverer "
+                 f"processes (one group, {m['concurrency'] // m['processes']} each)"),
                  rate(m["limit_per_s"]), rate(m["rate_per_s"]), common.fmt_ratio(m["ratio_to_limit"]), "", common.fmt_ratio(over.get("wechatpy")),
                  "", "", common.fmt_ratio(over.get("aiohttp")), f"CPU us/call (all processes) {m['cpu_us_per_call']}"]
             )
         rb = s.get("rate_bound")
         if rb:
-            note = f"steady slope after the limiter's first {rb['rate_limit']:,.0f} calls; {rate(rb['overall_per_s'])} with that burst"
+            note = (
+                f"steady slope after the limiter's first {rb['rate_limit']:,.0f} "
+                f"calls; {rate(rb['overall_per_s'])} with that burst"
+            )
             if rb["rate_limit"] != rb["rate_limit_configured"]:
                 note += f"; {rb['rate_limit_configured']:,.0f}/s would not bind here"
             rows.append(
@@ -1174,8 +1181,10 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
              "",
              f"p50 {bound}{_ms(m.get('p50'))}, p99 {bound}{_ms(m.get('p99'))}, max {bound}{_ms(m.get('max'))}",
              "", "", "", "", "", "", target +
-             (f"{m.get('count'):,} events; {'SATURATED, ' if saturated else ''}deliverer called {lat['delivered_per_s']}/s; {state}; "
-              f"to processed p50/p99 {_ms(proc.get('p50'))}/{_ms(proc.get('p99'))}, then to the call {_ms(dlv.get('p50'))}/{_ms(dlv.get('p99'))}")]
+             (f"{m.get('count'):,} events; {'SATURATED, ' if saturated else ''}deliverer "
+              f"called {lat['delivered_per_s']}/s; {state}; "
+              f"to processed p50/p99 {_ms(proc.get('p50'))}/{_ms(proc.get('p99'))}, "
+              f"then to the call {_ms(dlv.get('p50'))}/{_ms(dlv.get('p99'))}")]
         )
     prof = result.get("profile")
     if prof:
@@ -1191,7 +1200,7 @@ NOTES = """\
 Timing rule (every contender): from the start of the first successful updatestatus call (its simulator record time,
 taken when the call is decided, minus the simulator's 20 ms hold) to the record time of the last; rate = successful
 calls / that window; start-up is outside it. Each contender is a child process, and so is the simulator
-(`python -m simulator --latency-ms 20`). invoice-sm = `python -m consumers.cli deliver` reading N pre-published accepted
+(`python -m devtools.simulator --latency-ms 20`). invoice-sm = `python -m consumers.cli deliver` reading N pre-published accepted
 outcomes (INIT -> LOCK, version 1, each on a distinct invoice, so per-invoice ordering does not serialize them) with
 delivery_rate_limit 100000/s, so its limit is concurrency / 20 ms; N = 40 x concurrency within [500, 4000]; the
 deliveries topic must then hold N records. Rate-bound point: concurrency 64 with delivery_rate_limit 500/s, or a
@@ -1254,7 +1263,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                     # Saturated: the figure above is queueing. Measure too at a rate the deliverer sustains.
                     capacities = [x for x in ((ours.get(p["latency_concurrency"]) or {}).get("rate_per_s"), lat["delivered_per_s"]) if x]
                     rate = nice_below(min(capacities) / 2) if capacities else 100.0
-                    ctx.say(f"latency: saturated at {p['event_rate']:,.0f}/s (delivered {lat['delivered_per_s']}/s); again at {rate:,.0f}/s")
+                    ctx.say(f"latency: saturated at {p['event_rate']:,.0f}/s (delivered "
+                            f"{lat['delivered_per_s']}/s); again at {rate:,.0f}/s")
                     sustainable = await latency(ctx, sim, p, rate=rate, seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"])
                     result["latency_sustainable"] = sustainable
                     _say_latency(ctx, sustainable)
@@ -1272,7 +1282,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     asyncio.run(main())
     result["suite_seconds"] = round(time.perf_counter() - started, 1)
     columns, rows = table(result)
-    title = f"invoice-sm deliverer benchmark ({'quick' if ctx.quick else 'full'}, {result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    title = (
+        f"invoice-sm deliverer benchmark ({'quick' if ctx.quick else 'full'}, "
+        f"{result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    )
     # A run of some parts only must not overwrite the figures of a full run (ctx.write_results adds -quick).
     name = "deliverer" if set(p["parts"]) >= {"throughput", "peer", "latency"} else "deliverer-" + "-".join(p["parts"])
     notes = NOTES + f"\n\nSuite runtime: {result['suite_seconds']} s."

@@ -29,7 +29,7 @@ LABELS = {
     "aiohttp": "bare aiohttp client",
     "wechatpy": "wechatpy, thread pool",
 }
-STYLES = {
+STYLES: dict[str, dict[str, Any]] = {
     "invoice-sm": {"marker": "o", "color": "C0", "linewidth": 2.2},
     "invoice-sm x2": {"marker": "D", "color": "C4", "linestyle": "--"},
     "client": {"marker": "s", "color": "C2"},

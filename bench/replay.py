@@ -247,7 +247,7 @@ async def measure(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
         return round(common.median([x[key] for x in runs[mode]]), 1)
 
     def ratios(mode: str) -> list[float]:
-        return [round(a["records_per_s"] / b["records_per_s"], 3) for a, b in zip(runs[mode], runs["raw"])]
+        return [round(a["records_per_s"] / b["records_per_s"], 3) for a, b in zip(runs[mode], runs["raw"], strict=True)]
 
     summary: dict[str, Any] = {m: {k: med(m, k) for k in ("records_per_s", "cpu_us_per_event")} for m in MODES}
     for mode in ("memory", "rocksdb"):
@@ -281,7 +281,8 @@ async def measure(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
         "dlq_live": live["dlq"],
         "invalid_equals_dlq": invalid_equal,
         "live_state_records": live["state_records"],
-        "compared_fields": "status, version, appid, recent_event_ids (consumers.replay.same_state); updated_at is wall-clock time",
+        "compared_fields": "status, version, appid, recent_event_ids "
+                           "(consumers.replay.same_state); updated_at is wall-clock time",
     }
     if not same_state["states_equal"]:
         ctx.say(f"replay: STATES DIFFER from the live processor: {differences} differences; examples {same_state['examples'][:3]}")
@@ -335,7 +336,8 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     ss = result["same_state"]
     rows.append(
         ["replayed state == live invoice.state", "true" if ss["states_equal"] else "FALSE",
-         f"{ss['invoices_compared']:,} invoices compared, {ss['differences']} differences, in each of {ss['replays_compared']} replays"]
+         (f"{ss['invoices_compared']:,} invoices compared, {ss['differences']} "
+         f"differences, in each of {ss['replays_compared']} replays")]
     )
     rows.append(
         ["replay decisions == live outcomes by kind", "true" if ss["decision_counts_equal"] else "FALSE",
@@ -362,7 +364,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     result.update(asyncio.run(measure(ctx, p)))
     result["suite_seconds"] = round(time.perf_counter() - started, 1)
     columns, rows = table(result)
-    title = f"invoice-sm replay benchmark ({'quick' if ctx.quick else 'full'}, {result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    title = (
+        f"invoice-sm replay benchmark ({'quick' if ctx.quick else 'full'}, "
+        f"{result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
+    )
     json_path, md_path = ctx.write_results(
         "replay", result, columns, rows, title=title, notes=NOTES + f"\n\nSuite runtime: {result['suite_seconds']} s."
     )

@@ -8,17 +8,27 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from adapters.settings import Settings
 
+if TYPE_CHECKING:
+    from adapters.health import HealthServer
+    from adapters.metrics import Metrics
+    from consumers.commands_status import InvoiceQuery
 
-@dataclass
+
+@dataclass(frozen=True)
 class Runtime:
-    settings: Settings
-    metrics: Any
-    health: Any
+    """What a long-running command is handed: its metrics, the health server
+    (``None`` without ``INVOICE_SM_METRICS_PORT``) and the stop event."""
+
+    metrics: Metrics
+    health: HealthServer | None
     stop: asyncio.Event
+    #: Behind ``GET /invoices/{card_id}/{code}`` (``None`` without a health server);
+    #: a command that runs a processor hands it over with ``invoices.answer_from``.
+    invoices: InvoiceQuery | None = None
 
 
 def configure(settings: Settings) -> None:
@@ -51,21 +61,31 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = None
+    invoices = None
     if settings.metrics_port is not None:
+        from adapters.owners import advertised_url
+        from consumers.commands_status import InvoiceQuery
+
         health = HealthServer(metrics, host=settings.metrics_host, port=settings.metrics_port)
         await health.start()
+        # Every instance with a port answers about any invoice (forwarding or
+        # reading the topics); one with a processor, from its stores too.
+        invoices = InvoiceQuery(settings, url=advertised_url(settings) or health.url)
+        health.set_invoice_query(invoices.handle)
     try:
-        yield Runtime(settings, metrics, health, stop)
+        yield Runtime(metrics, health, stop, invoices)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if health is not None:
             await health.stop()
+        if invoices is not None:
+            await invoices.close()
 
 
 async def run_until_stopped(*jobs: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> None:
     """Run jobs side by side; the first to fail (or a signal) stops them all."""
-    tasks = [asyncio.create_task(job(stop)) for job in jobs]
+    tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(job(stop)) for job in jobs]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:

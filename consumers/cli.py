@@ -1,5 +1,15 @@
 """The ``invoice-sm`` command line.
 
+``COMMANDS`` is the one table of commands: name, help, the handler and the
+function that adds its arguments, each named ``module:function`` (pip's
+command table does the same). A command's module is imported only when the
+parser is built, never at import time of this one, and command modules can
+import the exit codes from here without an import cycle.
+
+To add a command: write ``handler(settings, args) -> exit code`` (and, if it
+takes arguments, ``add_arguments(parser)``) in a ``consumers/commands_*.py``
+module, then add one ``Command`` row below.
+
 Every setting is an ``INVOICE_SM_*`` variable and a matching ``--flag`` on
 every command (flags win). A wrong or missing setting stops the command
 with exit code 2 and a message naming it; secrets are never printed.
@@ -8,41 +18,86 @@ with exit code 2 and a message naming it; secrets are never printed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
-from adapters.settings import ENV_PREFIX, Settings, load_settings
+from adapters.settings import ENV_PREFIX, Settings, env_name, load_settings
 from domain.errors import ConfigurationError, InvoiceSmError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DIFFERENCES = 0, 1, 2, 3
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Settings, argparse.Namespace], int]]] = {}
+Handler = Callable[[Settings, argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None]
 
 
-def command(name: str, help_text: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    def register(fn: Callable[..., int]) -> Callable[..., int]:
-        if name in COMMANDS and COMMANDS[name][2] is not fn:
-            raise RuntimeError(f"two commands are named {name!r}")
-        COMMANDS[name] = (help_text, getattr(fn, "arguments", lambda p: None), fn)
-        return fn
-
-    return register
+def _resolve(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def arguments(add: Callable[[argparse.ArgumentParser], None]) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    def attach(fn: Callable[..., int]) -> Callable[..., int]:
-        fn.arguments = add  # type: ignore[attr-defined]
-        return fn
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One row of the command table."""
 
-    return attach
+    name: str
+    help: str
+    #: ``module:function`` of the handler: ``(settings, args) -> exit code``.
+    handler: str
+    #: ``module:function`` adding the command's own arguments to its parser, if it has any.
+    arguments: str | None = None
+
+    def load_handler(self) -> Handler:
+        handler: Handler = _resolve(self.handler)
+        return handler
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        if self.arguments is not None:
+            add: AddArguments = _resolve(self.arguments)
+            add(parser)
+
+
+# One row per command, in the order ``invoice-sm --help`` lists them.
+_TABLE: Final = (
+    Command("process", "Decide lifecycle events: invoice.events -> outcomes + state, exactly once.",
+            "consumers.commands:process", "consumers.commands:process_arguments"),
+    Command("deliver", "Push accepted statuses to WeChat updatestatus: in order per invoice, with idempotency keys.",
+            "consumers.commands_delivery:deliver"),
+    Command("run", "Run the processor and the deliverer in one process.",
+            "consumers.commands_delivery:run", "consumers.commands_delivery:run_arguments"),
+    Command("webhook", "WeChat's message push in: status reports to the events topic, component tickets to the "
+            "component topic.",
+            "consumers.commands_delivery:webhook"),
+    Command("publish", "Send lifecycle events from a JSONL file or stdin, keyed by invoice.",
+            "consumers.commands:publish", "consumers.commands:publish_arguments"),
+    Command("status", "What the service knows of invoices: status, version, appid, last decisions, last delivery.",
+            "consumers.commands_status:status", "consumers.commands_status:_status_args"),
+    Command("replay", "Rebuild invoice state from invoice.events with the processor's own decisions; no side effects.",
+            "consumers.commands_history:replay_command", "consumers.commands_history:replay_arguments"),
+    Command("reconcile", "Compare rebuilt state, live state, deliveries and WeChat; report differences, optionally repair.",
+            "consumers.commands_history:reconcile_command", "consumers.commands_history:reconcile_arguments"),
+    Command("dlq", "Inspect invoice.events.dlq (list) and re-inject fixed records into invoice.events (reinject).",
+            "consumers.commands_history:dlq_command", "consumers.commands_history:dlq_arguments"),
+    Command("topics", "Create, check or describe the topics, from the one topic table.",
+            "consumers.commands_topics:topics_command", "consumers.commands_topics:topics_arguments"),
+    Command("schemas", "Print, write or check the JSON Schemas and AsyncAPI document of every topic.",
+            "consumers.commands:schemas", "consumers.commands:schemas_arguments"),
+)
+
+#: The command table, by name.
+COMMANDS: Final[dict[str, Command]] = {c.name: c for c in _TABLE}
+if len(COMMANDS) != len(_TABLE):
+    raise RuntimeError("two commands share a name in consumers.cli._TABLE")
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(f"settings (each is also an environment variable {ENV_PREFIX}<NAME>)")
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        helptext = f"{ENV_PREFIX}{name.upper()}" + (f": {info.description}" if info.description else "")
+        helptext = env_name(name) + (f": {info.description}" if info.description else "")
         annotation = info.annotation
         if annotation is bool:
             group.add_argument(flag, dest=f"setting_{name}", action=argparse.BooleanOptionalAction, default=None, help=helptext)
@@ -58,18 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps WeChat e-invoice cards in step with the invoice lifecycle.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(child)
+    for command in COMMANDS.values():
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(child)
         _settings_flags(child)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
-    _, _, handler = COMMANDS[args.command]
+    handler = COMMANDS[args.command].load_handler()
     overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
     try:
         settings = load_settings(**overrides)
@@ -84,23 +138,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMAND_MODULES = (
-    "consumers.commands", "consumers.commands_delivery", "consumers.commands_history", "consumers.commands_ops",
-    "consumers.commands_topics",
-)
-
-
-def _load_commands() -> None:
-    # Importing registers the commands (each module owns a group of them).
-    import importlib
-
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
-
-
 if __name__ == "__main__":
-    # Run as a script this module is ``__main__``, a second copy whose registry
-    # the command modules do not fill: hand over to the imported module.
-    from consumers.cli import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

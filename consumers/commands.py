@@ -8,15 +8,13 @@ import json
 import sys
 
 from adapters.settings import Settings
-from consumers.cli import EXIT_FAILED, EXIT_OK, arguments, command
+from consumers.cli import EXIT_FAILED, EXIT_OK
 
 
-def _process_args(p: argparse.ArgumentParser) -> None:
+def process_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-memory-state", action="store_true", help="keep state in memory (tests and trials only)")
 
 
-@command("process", "Decide lifecycle events: invoice.events -> outcomes + state, exactly once.")
-@arguments(_process_args)
 def process(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import configure, run_until_stopped, runtime
     from consumers.processor import Processor
@@ -28,19 +26,19 @@ def process(settings: Settings, args: argparse.Namespace) -> int:
             processor = Processor(settings, metrics=rt.metrics, in_memory_state=args.in_memory_state)
             if rt.health is not None:
                 rt.health.add_readiness_check("processor", processor.is_ready)
+            if rt.invoices is not None:
+                rt.invoices.answer_from(processor)
             await run_until_stopped(processor.run, stop=rt.stop)
 
     asyncio.run(main())
     return EXIT_OK
 
 
-def _publish_args(p: argparse.ArgumentParser) -> None:
+def publish_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="?", default="-", help="JSONL file of CloudEvents (default: stdin)")
     p.add_argument("--allow-invalid", action="store_true", help="send lines that would go to the DLQ too (trials)")
 
 
-@command("publish", "Send lifecycle events from a JSONL file or stdin, keyed by invoice.")
-@arguments(_publish_args)
 def publish(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.publish import open_input, publish_lines, read_lines
 
@@ -52,13 +50,11 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.refused else EXIT_OK
 
 
-def _schemas_args(p: argparse.ArgumentParser) -> None:
+def schemas_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write", action="store_true", help="write schemas/*.schema.json and schemas/asyncapi.json")
     p.add_argument("--check", action="store_true", help="exit 1 if the checked-in files differ")
 
 
-@command("schemas", "Print, write or check the JSON Schemas and AsyncAPI document of every topic.")
-@arguments(_schemas_args)
 def schemas(settings: Settings, args: argparse.Namespace) -> int:
     from schemas import generated_files, schema_dir
 

@@ -1,4 +1,4 @@
-"""Commands: deliver, run, demo."""
+"""Commands: deliver, run, webhook. (The demo is a developer tool: ``python -m devtools demo``.)"""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import argparse
 import asyncio
 
 from adapters.settings import Settings
-from consumers.cli import EXIT_OK, arguments, command
+from consumers.cli import EXIT_OK
 
 
-def _service_args(p: argparse.ArgumentParser) -> None:
+def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-memory-state", action="store_true", help="processor state in memory (trials only)")
 
 
-@command("deliver", "Push accepted statuses to WeChat updatestatus: in order per invoice, with idempotency keys.")
 def deliver(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import configure, run_until_stopped, runtime
     from consumers.deliverer import Deliverer
@@ -32,14 +31,16 @@ def deliver(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@command("run", "Run the processor and the deliverer in one process.")
-@arguments(_service_args)
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import configure, run_until_stopped, runtime
     from consumers.deliverer import Deliverer
     from consumers.processor import Processor
 
     settings.require_wechat()
+    if settings.webhook_port is not None:
+        from consumers.webhook import build_config
+
+        build_config(settings)  # the webhook's settings stop the start before anything runs
     configure(settings)
 
     async def main() -> None:
@@ -49,21 +50,30 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             if rt.health is not None:
                 rt.health.add_readiness_check("processor", processor.is_ready)
                 rt.health.add_readiness_check("deliverer", deliverer.ready_flag.is_set)
-            await run_until_stopped(processor.run, deliverer.run, stop=rt.stop)
+            if rt.invoices is not None:
+                rt.invoices.answer_from(processor)
+            jobs = [processor.run, deliverer.run]
+            if settings.webhook_port is not None:  # the webhook runs inside `run` once it has a port
+                from consumers.webhook import run_webhook
+
+                jobs.append(lambda stop: run_webhook(settings, stop, metrics=rt.metrics))
+            await run_until_stopped(*jobs, stop=rt.stop)
 
     asyncio.run(main())
     return EXIT_OK
 
 
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--invoices", type=int, default=300, help="how many invoices the sample stream covers")
-    p.add_argument("--use-broker", metavar="HOST:PORT", help="use this broker instead of starting one")
-    p.add_argument("--keep", action="store_true", help="keep broker and simulator running afterwards")
+def webhook(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.app import configure, run_until_stopped, runtime
+    from consumers.webhook import build_config, run_webhook
 
+    build_config(settings)  # a missing or malformed setting stops the start, named
+    configure(settings)
 
-@command("demo", "Everything locally: broker, WeChat simulator, processor, deliverer, a sample stream, a summary.")
-@arguments(_demo_args)
-def demo(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.demo import run_demo
+    async def main() -> None:
+        async with runtime(settings) as rt:
+            await run_until_stopped(lambda stop: run_webhook(settings, stop, metrics=rt.metrics), stop=rt.stop)
 
-    return run_demo(args.invoices, args.use_broker, args.keep)
+    asyncio.run(main())
+    return EXIT_OK
+

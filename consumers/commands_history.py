@@ -23,8 +23,6 @@ from consumers.cli import (
     EXIT_DIFFERENCES,
     EXIT_FAILED,
     EXIT_OK,
-    arguments,
-    command,
 )
 
 
@@ -45,7 +43,7 @@ def _explicit_state_dir(args: argparse.Namespace) -> Path | None:
 # ------------------------------------------------------------------ replay
 
 
-def _replay_args(p: argparse.ArgumentParser) -> None:
+def replay_arguments(p: argparse.ArgumentParser) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-time", metavar="ISO", help="start at the first event at or after this time (UTC if no zone)")
     start.add_argument(
@@ -67,11 +65,10 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("replay", "Rebuild invoice state from invoice.events with the processor's own decisions; no side effects.")
-@arguments(_replay_args)
 def replay_command(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import configure
-    from consumers.replay import parse_offsets, parse_time, print_summary, replay
+    from consumers.render import print_replay_summary
+    from consumers.replay import parse_offsets, parse_time, replay
 
     configure(settings)
     from_offsets = parse_offsets(args.from_offset) if args.from_offset else None
@@ -91,7 +88,7 @@ def replay_command(settings: Settings, args: argparse.Namespace) -> int:
         )
         with result:
             if args.json != "-":
-                print_summary(result)
+                print_replay_summary(result)
             return result.summary()
 
     summary = asyncio.run(main())
@@ -103,7 +100,7 @@ def replay_command(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ reconcile
 
 
-def _reconcile_args(p: argparse.ArgumentParser) -> None:
+def reconcile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wechat-sim-url", metavar="URL", help="ask the WeChat simulator's control API for each card's status")
     p.add_argument("--repair", action="store_true", help="enqueue invoice.status.repair outcomes for what WeChat has wrong")
     p.add_argument("--force", action="store_true",
@@ -124,18 +121,14 @@ def _reconcile_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("reconcile", "Compare rebuilt state, live state, deliveries and WeChat; report differences, optionally repair.")
-@arguments(_reconcile_args)
 def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.metrics import NULL_METRICS, Metrics
     from consumers.app import configure
-    from consumers.reconcile import print_report, reconcile
+    from consumers.reconcile import reconcile
+    from consumers.render import print_reconcile_report
 
     configure(settings)
-    metrics = None
-    if args.metrics_file:
-        from adapters.metrics import Metrics
-
-        metrics = Metrics()
+    metrics = Metrics() if args.metrics_file else NULL_METRICS
     report = asyncio.run(
         reconcile(
             settings,
@@ -148,12 +141,12 @@ def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
             force=args.force,
         )
     )
-    if metrics is not None:
+    if args.metrics_file:
         from prometheus_client import write_to_textfile
 
         write_to_textfile(args.metrics_file, metrics.registry)
     if args.json != "-":
-        print_report(report, examples=args.examples)
+        print_reconcile_report(report, examples=args.examples)
     if args.json:
         _write_json(args.json, report.to_json())
     return EXIT_OK if report.clean else EXIT_DIFFERENCES
@@ -162,7 +155,7 @@ def reconcile_command(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ dlq
 
 
-def _dlq_args(p: argparse.ArgumentParser) -> None:
+def dlq_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("list", "reinject"), help="list the DLQ, or re-inject records into invoice.events")
     p.add_argument("--reason", metavar="R", help="only records with this DLQ reason (list filter; reinject selection)")
     p.add_argument("--limit", type=int, metavar="N", help="list: at most N records, oldest first")
@@ -177,8 +170,6 @@ def _dlq_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-invalid", action="store_true", help="reinject: send records that would fail again")
 
 
-@command("dlq", "Inspect invoice.events.dlq (list) and re-inject fixed records into invoice.events (reinject).")
-@arguments(_dlq_args)
 def dlq_command(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import configure
 
@@ -191,14 +182,15 @@ def dlq_command(settings: Settings, args: argparse.Namespace) -> int:
 def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     import msgspec
 
-    from consumers.dlq import print_entries, read_dlq
+    from consumers.dlq import read_dlq
+    from consumers.render import print_dlq_entries
 
     entries = asyncio.run(read_dlq(settings, reason=args.reason, limit=args.limit))
     if args.json:
         for entry in entries:
             sys.stdout.write(msgspec.json.encode(entry.view).decode() + "\n")
     else:
-        print_entries(entries)
+        print_dlq_entries(entries)
     return EXIT_OK
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from typing import Any
 
 from adapters.settings import Settings
-from consumers.cli import EXIT_DIFFERENCES, EXIT_OK, arguments, command
+from consumers.cli import EXIT_DIFFERENCES, EXIT_OK
 
 
-def _topics_args(p: argparse.ArgumentParser) -> None:
+def topics_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("create", "check", "describe"),
                    help="create missing topics, compare the cluster with the table, or print the table")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -37,24 +36,10 @@ def _retention(ms: int | None) -> str:
     return f"{ms / 86_400_000:g} d" if ms >= 86_400_000 else f"{ms} ms"
 
 
-def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    # Wide enough for topic names when piped (rich assumes 80 columns then).
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-@command("topics", "Create, check or describe the topics, from the one topic table.")
-@arguments(_topics_args)
 def topics_command(settings: Settings, args: argparse.Namespace) -> int:
     from adapters import topics
     from consumers.app import configure
+    from consumers.render import print_table
 
     configure(settings)
     specs = topics.topic_table(settings)
@@ -62,7 +47,7 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([_spec_json(s) for s in specs], indent=2))
         else:
-            _print_table(
+            print_table(
                 "topics",
                 ["topic", "role", "key", "cleanup", "retention", "partitions", "replication", "min ISR"],
                 [[s.name, s.role, s.key, s.cleanup, _retention(s.retention_ms), str(s.partitions),
@@ -85,7 +70,7 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
             "topics": {s.name: _actual_json(cluster.get(s.name)) for s in specs},
         }, indent=2))
     elif differences:
-        _print_table("topics differing from the table", ["topic", "setting", "table", "cluster"],
+        print_table("topics differing from the table", ["topic", "setting", "table", "cluster"],
                      [[d.topic, d.setting, d.expected, d.actual] for d in differences])
     else:
         print(f"{len(specs)} topics as the table says")

@@ -240,7 +240,7 @@ def plan_reinjection(
             item.detail = f"already re-injected as invoice.events {previous[0]}:{previous[1]}; --force sends it again"
         else:
             try:
-                wire.decode_event(item.key, item.value, item.headers, max_bytes=max_bytes)
+                wire.decode_event(item.key, item.value, list(item.headers), max_bytes=max_bytes)
             except InvalidEventError as exc:
                 if not allow_invalid:
                     item.status = "refused"
@@ -304,34 +304,3 @@ def read_corrected(path: str) -> list[bytes]:
                 raise ConfigurationError("--from-file", f"{path} line {number} is not JSON: {exc}") from None
             lines.append(line)
     return lines
-
-
-# ------------------------------------------------------------------ output
-
-
-def print_entries(entries: Sequence[DlqEntry], console: Any = None, *, width: int = 60) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"{len(entries)} DLQ records", title_justify="left")
-    for name in ("dlq", "reason", "source", "failed at", "key", "error", "value"):
-        table.add_column(name, overflow="fold")
-    for e in entries:
-        v = e.view
-        value = v.value if v.value is not None else (f"base64:{v.value_base64}" if v.value_base64 else "(null)")
-        table.add_row(
-            e.short,
-            v.reason,
-            f"{v.source_partition}:{v.source_offset}",
-            v.failed_at,
-            v.key or "(none)",
-            v.error_message[:width],
-            value[:width] + ("…" if len(value) > width else ""),
-        )
-    console.print(table)
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.view.reason] = counts.get(e.view.reason, 0) + 1
-    if counts:
-        console.print("by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))

@@ -12,6 +12,11 @@ or a timed-out transaction) is one sequence, ``Processor.take_ownership``;
 its order is the guarantee and is written there. The commit order of a
 batch is written in ``PartitionWorker.process``; what happens when a batch
 cannot commit, in ``PartitionWorker._recover``.
+
+``decide_records`` (decode -> decide -> stage) is the one decision loop:
+``replay`` and the tests' exactly-once oracle run it too. The Kafka clients
+come from ``KafkaClients``, so the partition worker runs over fakes in unit
+tests (``tests/support/fakes.py``).
 """
 
 from __future__ import annotations
@@ -20,21 +25,22 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from adapters import kafka, topics, wire
+from adapters.metrics import NULL_METRICS, Metrics
+from adapters.partition_reader import open_reader
 from adapters.settings import Settings
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
-from domain.decide import decide
-from adapters.metrics import Metrics
+from domain.decide import States, decide_in_order
 from domain.errors import (
     AccessDeniedError,
     BrokerError,
@@ -43,7 +49,7 @@ from domain.errors import (
     ProducerFailedError,
     TransactionTimedOutError,
 )
-from domain.model import DecisionKind
+from domain.model import Decision, DecisionKind, LifecycleEvent
 
 log = structlog.get_logger("invoice_sm.processor")
 
@@ -52,7 +58,6 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_DUPLICATE = DecisionKind.DUPLICATE
 #: Retry backoff for a partition that cannot commit: doubles from the first, capped.
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 10.0
 #: An ACL refusal is retried too (an operator may grant it), but slowly.
@@ -63,6 +68,68 @@ _PRODUCER_CALL_S = 10.0
 _STUCK_AFTER_S = 5.0
 #: The transactional producer's batch size unless a topic's max.message.bytes is smaller.
 _MAX_BATCH_BYTES = 512 * 1024
+
+
+Staged = TypeVar("Staged")
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedRecords(Generic[Staged]):
+    """One partition's records, decoded and decided in offset order."""
+
+    #: The records that decoded, in offset order.
+    records: list[ConsumerRecord]
+    #: One per record of ``records``: its decision, and what staging the new
+    #: state returned (the encoded changelog value; ``None`` for a duplicate).
+    decisions: list[tuple[Decision, Staged | None]]
+    #: The records that did not decode, and why (the DLQ reason is ``error.reason``).
+    invalid: list[tuple[ConsumerRecord, InvalidEventError]]
+
+
+def decide_records(
+    records: Iterable[ConsumerRecord], states: States[Staged], *, max_bytes: int, now: str | None
+) -> DecidedRecords[Staged]:
+    """Decode -> decide -> stage, for one partition's records in offset order.
+
+    The one decision loop: the processor's transactions, ``replay`` and the
+    tests' oracle all call it, so they cannot drift apart. A record that does
+    not decode (``wire.decode_record``) changes no state; the others are
+    decided by ``domain.decide.decide_in_order`` against ``states``, which
+    stages every state but a duplicate's.
+    """
+    decode = wire.decode_record
+    decoded: list[ConsumerRecord] = []
+    events: list[LifecycleEvent] = []
+    invalid: list[tuple[ConsumerRecord, InvalidEventError]] = []
+    for record in records:
+        try:
+            event = decode(record, max_bytes=max_bytes)
+        except InvalidEventError as exc:
+            invalid.append((record, exc))
+            continue
+        decoded.append(record)
+        events.append(event)
+    return DecidedRecords(decoded, decide_in_order(events, states, now), invalid)
+
+
+@dataclass(frozen=True)
+class KafkaClients:
+    """How the processor makes its Kafka clients: aiokafka's from the settings,
+    or fakes in unit tests (``tests/support/fakes.py``)."""
+
+    #: ``(transactional_id, max_batch_bytes) -> producer``
+    transactional_producer: Callable[[str, int], Any]
+    #: ``(**consumer options) -> consumer`` (``kafka.new_consumer``'s options)
+    consumer: Callable[..., Any]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KafkaClients:
+        return cls(
+            transactional_producer=lambda txn_id, batch_bytes: kafka.new_transactional_producer(
+                settings, txn_id, max_batch_size=batch_bytes
+            ),
+            consumer=lambda **options: kafka.new_consumer(settings, **options),
+        )
 
 
 @dataclass
@@ -87,7 +154,7 @@ class PartitionWorker:
         self.settings = processor.settings
         self.tp = tp
         self.txn_id = kafka.transactional_id(processor.group_id, tp.topic, tp.partition)
-        self.producer = kafka.new_transactional_producer(self.settings, self.txn_id, max_batch_size=processor.batch_bytes)
+        self.producer = processor.clients.transactional_producer(self.txn_id, processor.batch_bytes)
         self.store: PartitionStore | None = None
         self.states: InvoiceStates | None = None
         self.lock = asyncio.Lock()
@@ -114,9 +181,10 @@ class PartitionWorker:
         Commit order, step by step; reordering these lines breaks the guarantee:
 
         1. ``begin_transaction``.
-        2. For each record in offset order: decode (bad -> a DLQ record), decide
-           against pending/cached/stored state, stage the new state, append the
-           outcome and the state record to the transaction's batches.
+        2. ``decide_records``: decode each record (bad -> a DLQ record), decide
+           the others in offset order against pending/cached/stored state,
+           staging each new state; append the DLQ copies, outcomes and state
+           records to the transaction's batches.
         3. Ship the batches and wait for the broker's acks (changelog offsets).
         4. ``send_offsets_to_transaction``: last offset + 1 for this partition.
         5. ``commit_transaction``: outcomes, state, DLQ and offsets appear
@@ -163,9 +231,8 @@ class PartitionWorker:
         states = self.states
         now = utc_now()
         by_kind = stats.by_kind
-        max_bytes = settings.max_event_bytes
         topic_outcomes, topic_state, topic_dlq = settings.topic_outcomes, settings.topic_state, settings.topic_dlq
-        decode_record, decide_event, encode_outcome = wire.decode_record, decide, wire.outcome_bytes
+        encode_outcome = wire.outcome_bytes
         outcome_headers = wire.CLOUDEVENT_HEADERS
 
         if kafka.producer_is_fatal(self.producer):
@@ -174,30 +241,24 @@ class PartitionWorker:
         with kafka.transaction_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1
         batch = kafka.TxnBatch(self.producer)
+        decided = decide_records(records, states, max_bytes=settings.max_event_bytes, now=now)  # step 2
+        for record, exc in decided.invalid:
+            stats.dlq += 1
+            stats.dlq_reasons[exc.reason] = stats.dlq_reasons.get(exc.reason, 0) + 1
+            key, value, headers, truncated = wire.dlq_copy(record, exc, exc.reason, now, max_record_bytes=dlq_limit)
+            stats.dlq_truncated += truncated
+            if not batch.append(topic_dlq, dlq_partition, key, value, headers):
+                await batch.ship_full()
         check = settings.validate_produced
-        for record in records:  # step 2
-            try:
-                event = decode_record(record, max_bytes=max_bytes)
-            except InvalidEventError as exc:
-                stats.dlq += 1
-                stats.dlq_reasons[exc.reason] = stats.dlq_reasons.get(exc.reason, 0) + 1
-                key, value, headers, truncated = wire.dlq_copy(record, exc, exc.reason, now, max_record_bytes=dlq_limit)
-                stats.dlq_truncated += truncated
-                if not batch.append(topic_dlq, dlq_partition, key, value, headers):
-                    await batch.ship_full()
-                continue
-            invoice = event.key
-            decision = decide_event(states.get(invoice), event, now)
-            kind = decision.kind
-            by_kind[kind] += 1
+        for record, (decision, state) in zip(decided.records, decided.decisions, strict=True):
+            by_kind[decision.kind] += 1
             key = record.key
-            outcome = encode_outcome(decision, record, now, invoice)
+            outcome = encode_outcome(decision, record, now, decision.event.key)
             if not batch.append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
                 await batch.ship_full()
-            state = states.put(invoice, decision.state) if kind is not _DUPLICATE else None
             if state is not None and not batch.append(topic_state, partition, key, state):
                 await batch.ship_full()
-            if check == "all" or (check == "sample" and record is records[0]):
+            if check == "all" or (check == "sample" and record is decided.records[0]):
                 # A bug that produced off-schema stops the processor here, before
                 # the commit: nothing off-schema is ever committed.
                 wire.validate_produced(outcome, "outcome")
@@ -275,7 +336,7 @@ class PartitionWorker:
     async def _retake(self, reason: str) -> None:
         """The ownership sequence again, for this one partition, with a new producer."""
         old = self.producer
-        self.producer = kafka.new_transactional_producer(self.settings, self.txn_id, max_batch_size=self.processor.batch_bytes)
+        self.producer = self.processor.clients.transactional_producer(self.txn_id, self.processor.batch_bytes)
         self.processor.metrics.producer_replacements_total.labels("processor", reason).inc()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.stop(), _PRODUCER_CALL_S)
@@ -338,12 +399,21 @@ class PartitionWorker:
 class Processor(ConsumerRebalanceListener):
     """The ``process`` command: a consumer group and its partition workers."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None, in_memory_state: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        in_memory_state: bool = False,
+        clients: KafkaClients | None = None,
+    ) -> None:
         self.settings = settings
         self.group_id = settings.processor_group_id
-        # A private registry nobody scrapes stands in when no metrics are wanted.
+        # A private registry nobody scrapes (not NullMetrics): tests read the
+        # figures of a processor they started without metrics.
         self.metrics = metrics if metrics is not None else Metrics()
         self.in_memory_state = in_memory_state
+        self.clients = clients if clients is not None else KafkaClients.from_settings(settings)
         self.workers: dict[TopicPartition, PartitionWorker] = {}
         self.partitions: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -426,7 +496,10 @@ class Processor(ConsumerRebalanceListener):
             worker.open_store()
         await asyncio.gather(*(w.start_producer() for w in workers.values()))  # step 1
         await restore_states(  # step 2
-            self.settings, {tp.partition: w.states for tp, w in workers.items() if w.states is not None}, metrics=self.metrics
+            self.settings,
+            {tp.partition: w.states for tp, w in workers.items() if w.states is not None},
+            metrics=self.metrics,
+            consumer=self.clients.consumer(group_id=None),
         )
         assert self.consumer is not None
         begins = await kafka.beginning_offsets(self.consumer, list(workers))
@@ -493,8 +566,7 @@ class Processor(ConsumerRebalanceListener):
         smallest = min(limits.values())
         self.batch_bytes = max(min(_MAX_BATCH_BYTES, smallest - 1024), 16 * 1024)
         self.dlq_record_bytes = min(limits[settings.topic_dlq], self.batch_bytes)
-        consumer = kafka.new_consumer(
-            settings,
+        consumer = self.clients.consumer(
             group_id=self.group_id,
             max_poll_interval_ms=300_000,
             session_timeout_ms=settings.kafka_session_timeout_ms,
@@ -522,7 +594,7 @@ class Processor(ConsumerRebalanceListener):
                 log.info("processor stopped", processed=self.processed)
 
 
-def observe_lag(metrics: Any, consumer: AIOKafkaConsumer | None, group: str, tp: TopicPartition, position: int) -> None:
+def observe_lag(metrics: Metrics, consumer: AIOKafkaConsumer | None, group: str, tp: TopicPartition, position: int) -> None:
     """Consumer lag from the high watermark the last fetch reported (no extra request)."""
     if consumer is None:
         return
@@ -532,73 +604,56 @@ def observe_lag(metrics: Any, consumer: AIOKafkaConsumer | None, group: str, tp:
 
 
 async def restore_states(
-    settings: Settings, states: dict[int, InvoiceStates], *, metrics: Any = None, chunk: int = 20_000
+    settings: Settings,
+    states: dict[int, InvoiceStates],
+    *,
+    metrics: Metrics = NULL_METRICS,
+    chunk: int = 20_000,
+    consumer: Any = None,
 ) -> dict[int, int]:
     """Bring each partition's store up to the end of its changelog partition.
 
-    Reads from the store's checkpoint (or the beginning) to the end offset
-    (the last stable offset: read_committed), copying value bytes into the
-    store in large write batches. Returns records restored per partition.
+    Reads (``adapters.partition_reader``, read_committed: to the last stable
+    offset) from the store's checkpoint, or the beginning when the store has
+    none or one the changelog no longer matches, copying value bytes into the
+    store in large write batches, each with the offset it is current to.
+    ``consumer`` (default: a new one of no group) is started and stopped here.
+    Returns records restored per partition.
     """
     if not states:
         return {}
-    topic = settings.topic_state
-    consumer = kafka.new_consumer(settings, group_id=None, enable_auto_commit=False)
     restored = dict.fromkeys(states, 0)
     started = time.perf_counter()
-    if metrics is not None:
-        metrics.restore_in_progress.inc()
+    metrics.restore_in_progress.inc()
     try:
-        async with kafka.started(consumer):
-            tps = {p: TopicPartition(topic, p) for p in states}
-            consumer.assign(list(tps.values()))
-            ends = await kafka.end_offsets(consumer, list(tps.values()))
-            begins = await kafka.beginning_offsets(consumer, list(tps.values()))
-            todo: dict[TopicPartition, int] = {}
-            for p, tp in tps.items():
+        # No stall timeout: during a broker outage the restore waits for it.
+        async with open_reader(settings, settings.topic_state, consumer=consumer, chunk=chunk, stall_timeout_s=None) as reader:
+            ranges = await reader.plan(states)
+            for p, r in ranges.items():
                 store = states[p].store
-                start = store.changelog_offset
-                if start is None or start < begins[tp] or start > ends[tp]:
-                    if start is not None:
-                        log.warning("state store does not match the changelog; rebuilding", partition=p, checkpoint=start)
-                        store.wipe()
-                    start = begins[tp]
+                checkpoint = store.changelog_offset
+                if checkpoint is not None and not r.log_start <= checkpoint <= r.end:
+                    log.warning("state store does not match the changelog; rebuilding", partition=p, checkpoint=checkpoint)
+                    store.wipe()
+                    checkpoint = None
                 states[p].clear_cache()
-                if start >= ends[tp]:
-                    continue
-                consumer.seek(tp, start)
-                todo[tp] = ends[tp]
-            while todo:
-                with kafka.broker_errors("restore fetch"):
-                    fetched = await consumer.getmany(*todo, timeout_ms=500, max_records=chunk)
-                for tp, records in fetched.items():
-                    if records:
-                        states[tp.partition].store.apply(
-                            # A tombstone (value None) deletes: restore, replay and
-                            # reconcile all read a compacted changelog the same way.
-                            ((r.key, r.value) for r in records if r.key is not None),
-                            records[-1].offset + 1,
-                        )
-                        restored[tp.partition] += len(records)
-                        if metrics is not None:
-                            metrics.restore_records_total.labels(partition=str(tp.partition)).inc(len(records))
-                for tp in list(todo):
-                    with kafka.broker_errors("restore position"):
-                        position = await consumer.position(tp)
-                    if position >= todo[tp]:
-                        # The end may be a transaction marker: record it so the
-                        # next restore starts after it.
-                        store = states[tp.partition].store
-                        if (store.changelog_offset or 0) < todo[tp]:
-                            store.apply((), todo[tp])
-                        del todo[tp]
+                ranges[p] = r.starting_at(r.log_start if checkpoint is None else checkpoint)
+            async with contextlib.aclosing(reader.read(ranges)) as batches:
+                async for p, records, next_offset in batches:
+                    if (states[p].store.changelog_offset or 0) >= next_offset and not records:
+                        continue
+                    # A tombstone (value None) deletes: restore, replay and
+                    # reconcile all read a compacted changelog the same way. The
+                    # checkpoint may pass a final transaction marker, so the next
+                    # restore starts after it.
+                    states[p].store.apply(((r.key, r.value) for r in records if r.key is not None), next_offset)
+                    restored[p] += len(records)
+                    metrics.restore_records_total.labels(partition=str(p)).inc(len(records))
     finally:
-        if metrics is not None:
-            metrics.restore_in_progress.dec()
+        metrics.restore_in_progress.dec()
     seconds = time.perf_counter() - started
-    for p, n in restored.items():
-        if metrics is not None:
-            metrics.restore_seconds.labels(partition=str(p)).set(seconds)
+    for p in restored:
+        metrics.restore_seconds.labels(partition=str(p)).set(seconds)
     log.info(
         "state restored",
         partitions=sorted(states),

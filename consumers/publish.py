@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 
@@ -80,7 +80,7 @@ async def publish_lines(
     return report
 
 
-async def _drain(pending: list) -> None:  # type: ignore[type-arg]
+async def _drain(pending: list[Any]) -> None:
     with kafka.broker_errors("publish"):
         for future in pending:
             await future
@@ -88,4 +88,4 @@ async def _drain(pending: list) -> None:  # type: ignore[type-arg]
 
 
 def open_input(path: str) -> IO[bytes]:
-    return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    return sys.stdin.buffer if path == "-" else open(path, "rb")

@@ -7,6 +7,7 @@ Each error says whether retrying the same operation may succeed::
     InvoiceSmError                       retriable
      ├── ConfigurationError              no   a setting is wrong or missing (names it)
      ├── InvalidEventError               no   an input record cannot be decided (reason -> DLQ)
+     ├── PushRefusedError                no   a WeChat push is not authentic or not safe to read (reason -> 4xx)
      ├── BrokerError                     yes  Kafka unavailable, timed out, or rebalanced under us
      │    ├── FencedError                no   another instance owns this partition now
      │    ├── TransactionTimedOutError   yes  the broker aborted our open transaction: re-initialise
@@ -20,6 +21,8 @@ Each error says whether retrying the same operation may succeed::
           ├── ConflictError              no   72023/72024/72039: reconcile, never blind-retry
           └── PermanentWeChatError       no   config, permission or bad request
                └── CredentialError       no   the token endpoint refused the credentials
+                    ├── MissingCredentialsError       no credentials for this appid here
+                    └── AuthorizerUnauthorizedError   the authorizer revoked us (component mode)
 
 Secrets never go into an error's message: build messages from errcodes,
 appids and invoice keys only.
@@ -45,6 +48,17 @@ class ConfigurationError(InvoiceSmError):
 
 class InvalidEventError(InvoiceSmError):
     """An input record cannot be decided. ``reason`` is a stable DLQ code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class PushRefusedError(InvoiceSmError):
+    """The webhook refuses a push: ``reason`` is ``bad_signature``,
+    ``bad_ciphertext``, ``bad_appid``, ``hostile_xml``, ``malformed`` or
+    ``too_large`` (a metric label); nothing of it is published."""
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
@@ -114,3 +128,13 @@ class PermanentWeChatError(WeChatError):
 
 class CredentialError(PermanentWeChatError):
     retriable = False
+
+
+class MissingCredentialsError(CredentialError):
+    """This service holds no credentials for the appid (not configured, no
+    authorizer refresh token): nothing WeChat said, nothing a retry fixes soon."""
+
+
+class AuthorizerUnauthorizedError(CredentialError):
+    """The authorizer revoked this platform's authorization (component mode's
+    ``unauthorized`` push): its deliveries end with a recorded reason."""

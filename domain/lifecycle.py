@@ -12,6 +12,7 @@ every (state, trigger) pair.
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
 from transitions import Machine
 
@@ -36,7 +37,7 @@ TRANSITIONS: tuple[dict[str, object], ...] = (
 )
 
 
-def build_machine(model: object | None = None, machine_cls: type[Machine] = Machine, **extra: object) -> Machine:
+def build_machine(model: object | None = None, machine_cls: type[Machine] = Machine, **extra: Any) -> Machine:
     """A Machine with the lifecycle; no ``to_<state>`` back doors."""
     return machine_cls(
         model=model,
@@ -57,7 +58,8 @@ def _compile(machine: Machine) -> MappingProxyType[tuple[S, S], str]:
     for trigger, event in machine.events.items():
         for source, transitions in event.transitions.items():
             for transition in transitions:
-                moves[(S(source), S(transition.dest))] = trigger
+                if transition.dest is not None:  # None: an internal transition, which moves nothing (none are defined)
+                    moves[(S(source), S(transition.dest))] = trigger
     return MappingProxyType(moves)
 
 

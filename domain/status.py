@@ -24,6 +24,8 @@ class Origin(StrEnum):
 #: Written by the webhook when WeChat pushes a status change made elsewhere
 #: (a reimburser): a fact about the card, not a request (DOMAIN.md).
 WECHAT_STATUS_REPORTED = "invoice.wechat.status_reported"
+#: An upstream request naming the status itself, in ``data.reimburse_status``.
+SET_STATUS = "invoice.status.set"
 
 #: CloudEvent ``type`` -> the status it asks for. ``invoice.status.set`` and
 #: the WeChat report carry theirs in ``data.reimburse_status`` and so map to
@@ -33,12 +35,27 @@ EVENT_TYPE_TARGETS: dict[str, ReimburseStatus | None] = {
     "invoice.reimbursement.unlocked": ReimburseStatus.INIT,
     "invoice.reimbursement.closed": ReimburseStatus.CLOSURE,
     "invoice.red_flushed": ReimburseStatus.CANCEL,
-    "invoice.status.set": None,
+    SET_STATUS: None,
     WECHAT_STATUS_REPORTED: None,
 }
 
 #: The origin of each event type (every type but WeChat's report is upstream's).
-EVENT_TYPE_ORIGINS: dict[str, Origin] = {t: Origin.UPSTREAM for t in EVENT_TYPE_TARGETS} | {WECHAT_STATUS_REPORTED: Origin.WECHAT}
+EVENT_TYPE_ORIGINS: dict[str, Origin] = dict.fromkeys(EVENT_TYPE_TARGETS, Origin.UPSTREAM) | {WECHAT_STATUS_REPORTED: Origin.WECHAT}
 
 #: The event type that asks for each status, derived (the inverse of the fixed targets).
 STATUS_EVENT_TYPES: dict[ReimburseStatus, str] = {s: t for t, s in EVENT_TYPE_TARGETS.items() if s is not None}
+
+
+class OutcomeType(StrEnum):
+    """CloudEvent ``type`` of an ``invoice.outcomes`` record: one per decision kind
+    (``invoice.status.{DecisionKind}``), and the repairs ``reconcile --repair`` writes."""
+
+    ACCEPTED = "invoice.status.accepted"
+    UNCHANGED = "invoice.status.unchanged"
+    DUPLICATE = "invoice.status.duplicate"
+    REJECTED = "invoice.status.rejected"
+    REPAIR = "invoice.status.repair"
+
+
+#: Outcomes the deliverer pushes to WeChat: accepted decisions and repairs.
+DELIVERABLE_OUTCOME_TYPES: frozenset[OutcomeType] = frozenset({OutcomeType.ACCEPTED, OutcomeType.REPAIR})

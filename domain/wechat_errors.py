@@ -7,7 +7,7 @@ from enum import StrEnum
 
 class ErrorClass(StrEnum):
     OK = "ok"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - the class of token errcodes, not a secret
     TRANSIENT = "transient"
     QUOTA = "quota"
     CONFLICT = "conflict"

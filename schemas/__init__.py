@@ -57,6 +57,16 @@ def _headers(properties: dict[str, Any], required: list[str], *, others: bool, d
     })
 
 
+def _component_schema() -> dict[str, Any]:
+    import msgspec
+
+    from adapters.webhook_messages import ComponentRecord
+
+    # Inline (no file of its own): the record is flat, so its one definition is the schema.
+    (_,), components = msgspec.json.schema_components([ComponentRecord], ref_template="#/$defs/{name}")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **components["ComponentRecord"]}
+
+
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document: channels (topics), messages, and what the
     processor and the deliverer each do on them (operations)."""
@@ -143,11 +153,38 @@ def asyncapi() -> dict[str, Any]:
         "delivery": {
             "name": "delivery",
             "title": "Final WeChat delivery record",
-            "summary": "One per accepted outcome; plain JSON (not a CloudEvent).",
-            "contentType": "application/json",
-            "headers": content_type_header("application/json", "a plain JSON record"),
+            "summary": "One per accepted outcome (and repair): a CloudEvent 1.0 of type invoice.delivery.recorded, "
+                       "structured mode; id = idempotency key @ result, subject = the invoice key, data = the "
+                       "delivery record (result, errcode, attempts, timings, reason).",
+            "contentType": STRUCTURED,
+            "headers": content_type_header(STRUCTURED, "CloudEvents Kafka binding, structured mode"),
             "payload": _schema({"$ref": f"./{schema_file('delivery')}"}),
             "bindings": {"kafka": invoice_key},
+        },
+        "waiting": {
+            "name": "waiting",
+            "title": "Waiting delivery or partition owner marker",
+            "summary": "Key `w:<idempotency key>`: a delivery waiting off the commit path (tombstone when it ends); "
+                       "key `o:owner`: the partition's ownership marker (open/closed).",
+            "contentType": "application/json",
+            "payload": _schema({"$ref": f"./{schema_file('waiting')}"}),
+            "bindings": {"kafka": {"key": {"type": "string", "description": "w:<idempotency key> or o:owner"},
+                                   "bindingVersion": _KAFKA_BINDING}},
+        },
+        "component": {
+            "name": "component",
+            "title": "WeChat component push (third-party platform)",
+            "summary": "Written by the webhook: the newest component_verify_ticket (key: the component appid) and each "
+                       "authorizer's latest authorized/updateauthorized/unauthorized (key: component_appid/authorizer_appid). "
+                       "Every deliverer reads all of it from the beginning, without a consumer group.",
+            "description": "`ticket` is a credential: the topic is for this service's deliverers only (ACLs), "
+                           "and it is never logged.",
+            "contentType": "application/json",
+            "headers": content_type_header("application/json", "a plain JSON record"),
+            "payload": _schema(_component_schema()),
+            "bindings": {"kafka": {"key": {"type": "string",
+                                           "description": "component_appid or component_appid/authorizer_appid"},
+                                   "bindingVersion": _KAFKA_BINDING}},
         },
         "dlq": {
             "name": "dlq",
@@ -171,7 +208,7 @@ def asyncapi() -> dict[str, Any]:
     from adapters.topics import topic_table
 
     channel_messages = {"events": ["eventStructured", "eventBinary"], "outcomes": ["outcome"], "state": ["state"],
-                        "deliveries": ["delivery"], "dlq": ["dlq"]}
+                        "deliveries": ["delivery"], "waiting": ["waiting"], "dlq": ["dlq"], "component": ["component"]}
     channels = {}
     for spec in topic_table(Settings.model_construct()):
         config: dict[str, Any] = {k: (int(v) if k != "cleanup.policy" else v) for k, v in spec.configs().items()}
@@ -205,6 +242,23 @@ def asyncapi() -> dict[str, Any]:
         "delivererSendDeliveries": operation(
             "deliverer", "send", "deliveries", ["delivery"],
             "The final record of each delivery, in one transaction with the consumed offsets."),
+        "delivererSendWaiting": operation(
+            "deliverer", "send", "waiting", ["waiting"],
+            "Deliveries that wait for their account or a long backoff, and ownership markers, in the same transactions."),
+        "delivererReceiveWaiting": operation(
+            "deliverer", "receive", "waiting", ["waiting"],
+            "Read to its end when a partition is taken over: the waiting deliveries resume, the marker says how the last owner left."),
+        "webhookSendEvents": operation(
+            "webhook", "send", "events", ["eventStructured"],
+            "WeChat's update_invoice_status push as an invoice.wechat.status_reported event (id derived from the push, "
+            "so WeChat's retries are one event), keyed by the invoice key; answered success only once acknowledged."),
+        "webhookSendComponent": operation(
+            "webhook", "send", "component", ["component"],
+            "component_verify_ticket, authorized, updateauthorized and unauthorized pushes."),
+        "delivererReceiveComponent": operation(
+            "deliverer", "receive", "component", ["component"],
+            "Every partition from the beginning, no group: the newest ticket refreshes component tokens; "
+            "unauthorized ends that authorizer's deliveries with reason unauthorized."),
     }
     return {
         "asyncapi": "3.0.0",
@@ -212,9 +266,11 @@ def asyncapi() -> dict[str, Any]:
             "title": "invoice-sm",
             "version": f"{SCHEMA_VERSION}.0.0",
             "description": "Topics of invoice-sm and what its two services do on them: the processor "
-                           "(`invoice-sm process`) and the deliverer (`invoice-sm deliver`); `invoice-sm run` is both. "
-                           "Every record is keyed by the invoice key. Generated by `invoice-sm schemas --write`.",
-            "tags": [{"$ref": "#/components/tags/processor"}, {"$ref": "#/components/tags/deliverer"}],
+                           "(`invoice-sm process`), the deliverer (`invoice-sm deliver`) and the webhook "
+                           "(`invoice-sm webhook`, WeChat's pushes in); `invoice-sm run` is all three. "
+                           "Invoice records are keyed by the invoice key. Generated by `invoice-sm schemas --write`.",
+            "tags": [{"$ref": "#/components/tags/processor"}, {"$ref": "#/components/tags/deliverer"},
+                     {"$ref": "#/components/tags/webhook"}],
         },
         "defaultContentType": "application/json",
         "channels": channels,
@@ -224,6 +280,7 @@ def asyncapi() -> dict[str, Any]:
             "tags": {
                 "processor": {"name": "processor", "description": "invoice-sm process: events -> outcomes, state, DLQ"},
                 "deliverer": {"name": "deliverer", "description": "invoice-sm deliver: outcomes -> WeChat -> deliveries"},
+                "webhook": {"name": "webhook", "description": "invoice-sm webhook: WeChat pushes -> events, component topic"},
             },
         },
     }
@@ -231,8 +288,10 @@ def asyncapi() -> dict[str, Any]:
 
 def generated_files(settings: object | None = None) -> dict[str, str]:
     """File name -> content, exactly as ``schemas --write`` writes them."""
+    from adapters.waiting_room import json_schema as waiting_schema
     from adapters.wire import json_schemas
 
     files = {schema_file(kind): _dump(schema) for kind, schema in json_schemas().items()}
+    files[schema_file("waiting")] = _dump(waiting_schema())
     files["asyncapi.json"] = _dump(asyncapi())
     return files

@@ -13,12 +13,12 @@ import pytest
 from adapters.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from adapters.kafka_local import LocalKafkaCluster
+    from devtools.kafka_local import LocalKafkaCluster
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A real broker, started by the project's own code (adapters.kafka_local).
+    """A real broker, started by the project's own code (devtools.kafka_local).
 
     Set INVOICE_SM_TEST_BOOTSTRAP to reuse a running broker while iterating.
     """
@@ -26,7 +26,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    from adapters.kafka_local import LocalKafka
+    from devtools.kafka_local import LocalKafka
 
     broker = LocalKafka(heap="768m").start()
     try:
@@ -40,7 +40,7 @@ def kafka_cluster() -> Iterator[LocalKafkaCluster]:
     """A 3-node KRaft cluster (replication factor 3, min ISR 2) of the module's
     own, started only for tests that ask for it (marker ``cluster``): they
     kill its nodes."""
-    from adapters.kafka_local import LocalKafkaCluster
+    from devtools.kafka_local import LocalKafkaCluster
 
     with LocalKafkaCluster(3) as cluster:
         yield cluster
@@ -58,6 +58,8 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
             "topic_outcomes": f"t{suffix}.outcomes",
             "topic_state": f"t{suffix}.state",
             "topic_deliveries": f"t{suffix}.deliveries",
+            "topic_delivery_waiting": f"t{suffix}.deliveries.waiting",
+            "topic_component": f"t{suffix}.component",
             "topic_dlq": f"t{suffix}.dlq",
             "processor_group_id": f"g{suffix}.processor",
             "deliverer_group_id": f"g{suffix}.deliverer",

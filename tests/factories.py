@@ -9,17 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from domain.model import invoice_key
+from domain.status import SET_STATUS, STATUS_EVENT_TYPES
 from domain.status import ReimburseStatus as S
 
 APPID = "wx1234567890abcdef"
 _ids = itertools.count(1)
 
-TYPE_FOR_STATUS = {
-    S.LOCK: "invoice.reimbursement.locked",
-    S.INIT: "invoice.reimbursement.unlocked",
-    S.CLOSURE: "invoice.reimbursement.closed",
-    S.CANCEL: "invoice.red_flushed",
-}
+#: The event type that asks for each status (the domain's table, inverted there).
+TYPE_FOR_STATUS = STATUS_EVENT_TYPES
 
 
 def card(n: int) -> tuple[str, str]:
@@ -46,7 +43,7 @@ def event(
         "specversion": "1.0",
         "id": event_id or f"e-{next(_ids):09d}",
         "source": "/erp/reimbursement",
-        "type": "invoice.status.set" if set_type else TYPE_FOR_STATUS[status],
+        "type": SET_STATUS if set_type else TYPE_FOR_STATUS[status],
         "time": time,
         "subject": invoice_key(card_id, code),
         "data": data,

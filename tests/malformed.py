@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.factories import card, event
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]  # Kafka header values may be null
 
 
 def _valid(n: int) -> dict[str, Any]:
@@ -108,14 +108,14 @@ def malformed_cases(max_bytes: int = 65536) -> list[tuple[str, bytes | None, byt
         _key(ev),
         json.dumps(ev["data"]).encode(),
         "bad_header",
-        [("ce_specversion", None), ("ce_id", b"x"), ("ce_type", ev["type"].encode()), ("ce_source", b"/erp")],  # type: ignore[list-item]
+        [("ce_specversion", None), ("ce_id", b"x"), ("ce_type", ev["type"].encode()), ("ce_source", b"/erp")],
     )
     add(
         "binary mode with a null ce_id",
         _key(ev),
         json.dumps(ev["data"]).encode(),
         "bad_header",
-        [("ce_specversion", b"1.0"), ("ce_id", None), ("ce_type", ev["type"].encode()), ("ce_source", b"/erp")],  # type: ignore[list-item]
+        [("ce_specversion", b"1.0"), ("ce_id", None), ("ce_type", ev["type"].encode()), ("ce_source", b"/erp")],
     )
     return cases
 

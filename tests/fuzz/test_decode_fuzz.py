@@ -21,6 +21,7 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
+import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from adapters import wire
 from domain.errors import InvalidEventError
 from domain.model import LifecycleEvent, invoice_key
-from tests.support.hostile import cases, consumer_record, key_of, nested_json, unreadable_record, valid_event
+from tests.support.hostile import Headers, cases, consumer_record, key_of, nested_json, unreadable_record, valid_event
 
 VOLUME = 100_000
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -51,10 +52,11 @@ def check_decision(name: str, record: Any) -> LifecycleEvent:
     try:
         decoded = wire.decode_record(record, max_bytes=MAX_BYTES)
     except InvalidEventError as refused:
-        assert refused.reason in wire.DLQ_REASONS, f"{name}: unknown reason {refused.reason!r} for {describe(record)}"
+        # A helper that checks the refusal and re-raises it, so not pytest.raises.
+        assert refused.reason in wire.DLQ_REASONS, f"{name}: unknown reason {refused.reason!r} for {describe(record)}"  # noqa: PT017
         check_dlq_copy(name, record, refused)
         raise
-    except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+    except Exception as exc:  # the point: nothing else may escape
         raise AssertionError(f"{name}: {type(exc).__name__}: {str(exc)[:200]} escaped for {describe(record)}") from exc
     assert_really_valid(name, record, decoded)
     return decoded
@@ -73,7 +75,7 @@ def check_dlq_copy(name: str, record: Any, refused: InvalidEventError) -> None:
     limit = _limits.choice(DLQ_LIMITS)
     try:
         key, value, headers, truncated = wire.dlq_copy(record, refused, refused.reason, "2026-12-02T00:00:00Z", max_record_bytes=limit)
-    except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+    except Exception as exc:  # the point: nothing else may escape
         raise AssertionError(f"{name}: dlq_copy raised {type(exc).__name__}: {str(exc)[:200]} for {describe(record)}") from exc
     where = f"{name}: DLQ copy (limit {limit}) of {describe(record)}"
     for header_name, header_value in headers:
@@ -94,7 +96,10 @@ def check_dlq_copy(name: str, record: Any, refused: InvalidEventError) -> None:
 
 
 def describe(record: Any) -> str:
-    return f"key={record.key!r:.120} value={record.value!r:.200} headers={record.headers!r:.200} problem={getattr(record, 'problem', None)!r:.80}"
+    return (
+        f"key={record.key!r:.120} value={record.value!r:.200} "
+        f"headers={record.headers!r:.200} problem={getattr(record, 'problem', None)!r:.80}"
+    )
 
 
 def assert_really_valid(name: str, record: Any, ev: LifecycleEvent) -> None:
@@ -154,22 +159,20 @@ def test_nesting_5000_deep_is_refused_as_not_json_in_both_modes() -> None:
         ("structured data", consumer_record(key, json.dumps(ev).encode()[:-1] + b', "data": ' + deep + b"}")),
         ("binary", consumer_record(key, deep, binary)),
     ]:
-        try:
+        with pytest.raises(InvalidEventError) as refused:
             wire.decode_record(record)
-        except InvalidEventError as refused:
-            assert refused.reason == "not_json", name
-        else:
-            raise AssertionError(f"{name}: a 5,000-deep value was decided")
+        assert refused.value.reason == "not_json", name
 
 
 def test_none_header_values_are_refusals_not_crashes() -> None:
     ev = valid_event(3)
     key, data = key_of(ev), json.dumps(ev["data"]).encode()
-    for headers in (
+    header_cases: tuple[Headers, ...] = (
         [("ce_specversion", None), ("content-type", None)],
         [("content-type", None), ("ce_specversion", b"1.0"), ("ce_id", None)],
         [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/e"), ("ce_type", ev["type"].encode()), ("ce_time", None)],
-    ):
+    )
+    for headers in header_cases:
         decide(f"headers {headers}", consumer_record(key, data, headers))
 
 
@@ -184,12 +187,9 @@ def test_ids_with_a_trailing_newline_are_refused() -> None:
 
 def test_unreadable_records_are_refused_as_unreadable_record() -> None:
     for problem in ("bad varint", "x" * 5000, "\udcff"):
-        try:
+        with pytest.raises(InvalidEventError) as refused:
             wire.decode_record(unreadable_record(problem, b"k", b"v"))
-        except InvalidEventError as refused:
-            assert refused.reason == "unreadable_record"
-        else:
-            raise AssertionError("an UnreadableRecord was decided")
+        assert refused.value.reason == "unreadable_record", problem
 
 
 _text = st.one_of(

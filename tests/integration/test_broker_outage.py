@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.kafka_local import LocalKafka
 from adapters.settings import Settings, load_settings
+from devtools.kafka_local import LocalKafka
 from tests.factories import random_stream
 from tests.support.kafka_io import produce_events, read_topic
 from tests.support.processes import Service
@@ -45,7 +45,7 @@ def own_broker() -> Iterator[LocalKafka]:
 
 def _one_partition(broker: LocalKafka, tmp_path: Path, prefix: str, **overrides: object) -> Settings:
     """Settings with topics of their own (the module's broker is shared) and one partition."""
-    topics = {f"topic_{role}": f"{prefix}.{role}" for role in ("events", "outcomes", "state", "deliveries", "dlq")}
+    topics = {f"topic_{role}": f"{prefix}.{role}" for role in ("events", "outcomes", "state", "deliveries", "delivery_waiting", "component", "dlq")}
     return load_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_partitions=1,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.kafka_local import LocalKafka
 from adapters.settings import Settings, load_settings
+from devtools.kafka_local import LocalKafka
 from tests.factories import random_stream
 from tests.support.kafka_io import produce_events, read_topic
 from tests.support.processes import Service

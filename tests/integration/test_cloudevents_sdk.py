@@ -1,7 +1,7 @@
 """The official CloudEvents Python SDK (``cloudevents`` 2.2.0) against the
 running service: events the SDK publishes are decided, or refused with a
 DLQ message that tells the publisher what to fix; outcomes the service
-writes read back with the SDK.
+writes, and the delivery records the deliverer writes, read back with the SDK.
 
 The SDK 2.2.0 has two Kafka bindings, and both are exercised:
 
@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 from cloudevents.core.bindings import kafka as core_kafka
-from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as CoreEvent
 from cloudevents.v1 import kafka as v1_kafka
@@ -39,9 +38,9 @@ from adapters import topics
 from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from domain.model import invoice_key
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, card
 from tests.support.kafka_io import read_topic, wait_for_count
 
@@ -85,13 +84,14 @@ def _message(case: Case, n: int) -> tuple[str, Any]:
     data: Any = {"card_id": card_id, "code": code, "appid": APPID}
     if case.data_as_bytes:
         data = json.dumps(data).encode()
+    message: Any  # each SDK has its own KafkaMessage class
     if case.sdk == "v1":
         event = V1Event(attributes, data)
         message = v1_kafka.to_structured(event) if case.mode == "structured" else v1_kafka.to_binary(event)
     else:
-        event = CoreEvent(attributes, data)
+        core_event = CoreEvent(attributes, data)
         convert = core_kafka.to_structured if case.mode == "structured" else core_kafka.to_binary
-        message = convert(event, JSONFormat())
+        message = convert(core_event, JSONFormat())
     return event_id, message
 
 
@@ -132,7 +132,7 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
 
 
 def _sdk_message(record: Any, cls: Any) -> Any:
-    return cls(headers={k: v for k, v in record.headers}, key=record.key, value=record.value)
+    return cls(headers=dict(record.headers), key=record.key, value=record.value)
 
 
 async def test_events_the_sdk_publishes_are_decided_or_refused_with_what_to_fix(published: dict[str, Any]) -> None:
@@ -150,10 +150,10 @@ async def test_events_the_sdk_publishes_are_decided_or_refused_with_what_to_fix(
             assert outcome["data"]["to_status"] == "INVOICE_REIMBURSE_LOCK", case.name
         else:
             assert event_id not in by_event_id, f"{case.name}: decided without its key"
-            headers = dlq_by_event_id.get(event_id)
-            assert headers is not None, f"{case.name}: neither decided nor in the DLQ"
-            assert headers["dlq.error.reason"] == "key_mismatch", case.name
-            message = headers["dlq.error.message"]
+            dlq_headers = dlq_by_event_id.get(event_id)
+            assert dlq_headers is not None, f"{case.name}: neither decided nor in the DLQ"
+            assert dlq_headers["dlq.error.reason"] == "key_mismatch", case.name
+            message = dlq_headers["dlq.error.message"]
             # What to fix: set the key, how (the SDK's partitionkey), and to what.
             assert "set the Kafka key" in message and "partitionkey" in message, (case.name, message)
             assert repr(invoice_key(*card(900 + n))) in message, (case.name, message)
@@ -175,7 +175,9 @@ async def test_outcomes_read_back_with_both_sdk_bindings(published: dict[str, An
         assert core.get_subject() == key
         assert core.get_extension("partitionkey") == key
         assert core.get_datacontenttype() == "application/json"
-        assert core.get_data()["event_id"] == raw["data"]["event_id"]
+        core_data = core.get_data()
+        assert isinstance(core_data, dict)
+        assert core_data["event_id"] == raw["data"]["event_id"]
 
         v1 = v1_kafka.from_structured(_sdk_message(record, v1_kafka.KafkaMessage))
         assert (v1["specversion"], v1["type"], v1["id"], v1["subject"]) == ("1.0", raw["type"], raw["id"], key)
@@ -185,20 +187,30 @@ async def test_outcomes_read_back_with_both_sdk_bindings(published: dict[str, An
         assert v1.get_data() == raw["data"]
 
 
-async def test_deliveries_are_labelled_plain_json(published: dict[str, Any]) -> None:
+async def test_deliveries_read_back_with_both_sdk_bindings(published: dict[str, Any]) -> None:
+    """invoice.deliveries records are CloudEvents too (ARCHITECTURE.md), structured
+    mode: the SDK reads each as an ``invoice.delivery.recorded`` event whose data
+    is the delivery record."""
     assert published["deliveries"]
+    outcome_ids = {json.loads(r.value)["id"] for r in published["outcomes"]}
     for record in published["deliveries"]:
-        assert dict(record.headers)["content-type"] == b"application/json"
-        assert json.loads(record.value)["result"] == "delivered"
+        assert dict(record.headers)["content-type"] == b"application/cloudevents+json"
+        raw = json.loads(record.value)
+        key = record.key.decode()
 
+        core = core_kafka.from_structured(_sdk_message(record, core_kafka.KafkaMessage), JSONFormat())
+        assert core.get_specversion() == "1.0"
+        assert core.get_type() == "invoice.delivery.recorded"
+        assert core.get_source() == "/invoice-sm/deliverer"
+        assert core.get_subject() == key
+        assert core.get_datacontenttype() == "application/json"
+        data = core.get_data()
+        assert isinstance(data, dict)
+        assert data["result"] == "delivered" and data["reimburse_status"] == "INVOICE_REIMBURSE_LOCK"
+        # Deterministic id: the idempotency key and the result.
+        assert core.get_id() == raw["id"] == f"{data['idempotency_key']}@{data['result']}"
+        assert data["idempotency_key"] == f"{key}#{data['version']}" and data["outcome_id"] in outcome_ids
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CloudEventValidationError,
-    reason="invoice.deliveries records are plain JSON (adapters.wire.DeliveryRecord), not the CloudEvents "
-    "ARCHITECTURE.md promises; the SDK cannot read them as events",
-)
-async def test_deliveries_read_back_with_the_sdk(published: dict[str, Any]) -> None:
-    for record in published["deliveries"]:
-        event = core_kafka.from_structured(_sdk_message(record, core_kafka.KafkaMessage), JSONFormat())
-        assert event.get_type().startswith("invoice.")
+        v1 = v1_kafka.from_structured(_sdk_message(record, v1_kafka.KafkaMessage))
+        assert (v1["specversion"], v1["type"], v1["id"], v1["subject"]) == ("1.0", raw["type"], raw["id"], key)
+        assert v1.get_data() == raw["data"]

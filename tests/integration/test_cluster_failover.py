@@ -16,10 +16,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from adapters import kafka, topics
-from adapters.kafka_local import LocalKafkaCluster
 from adapters.settings import Settings, load_settings
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
+from devtools.kafka_local import LocalKafkaCluster
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, random_stream
 from tests.support.kafka_io import produce_events, read_topic, values, wait_for_count
 from tests.support.processes import Service
@@ -130,8 +130,9 @@ async def test_leader_failover_twice_keeps_exactly_once_and_delivery_order(
 
         # WeChat saw every invoice's versions in order (a repeat is the same version).
         calls = [c for c in server.sim.calls() if "updatestatus" in c.path]
-        by_card: dict[tuple[str, str], list[int]] = defaultdict(list)
+        by_card: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
         for c in calls:
+            assert c.idempotency_key is not None, c
             by_card[(c.card_id, c.code)].append(int(c.idempotency_key.rsplit("#", 1)[1]))
         assert all(v == sorted(v) for v in by_card.values())
         assert {f"{card}/{code}#{v}" for (card, code), vs in by_card.items() for v in vs} == set(keys)

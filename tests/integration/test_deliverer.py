@@ -13,8 +13,8 @@ import pytest
 from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, random_stream
 from tests.support.kafka_io import produce_events, read_topic, values, wait_for_count
 
@@ -86,8 +86,9 @@ async def test_every_accepted_status_reaches_wechat_in_order(delivery_settings: 
     assert {k: cards.get(k) for k in moved} == moved
 
     # Per invoice, WeChat saw versions in increasing order, each once.
-    seen: dict[tuple[str, str], list[int]] = defaultdict(list)
+    seen: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
     for call in wechat.sim.calls():
+        assert call.idempotency_key is not None, call
         seen[(call.card_id, call.code)].append(int(call.idempotency_key.rsplit("#", 1)[1]))
     for versions in seen.values():
         assert versions == sorted(versions) and len(versions) == len(set(versions))

@@ -14,15 +14,15 @@ import pytest
 from adapters.logging import configure_logging
 from adapters.settings import Settings
 from consumers.processor import Processor
-from domain.status import ReimburseStatus as S
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import (
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import (
     DEFAULT_ACCOUNTS,
     DEMO_AUTHORIZER_APPIDS,
     DEMO_COMPONENT_APPID,
     DEMO_COMPONENT_SECRET,
     DEMO_VERIFY_TICKET,
 )
+from domain.status import ReimburseStatus as S
 from tests.factories import APPID, card, event
 from tests.integration.test_deliverer import services
 from tests.support.kafka_io import produce_events, values, wait_for_count
@@ -52,21 +52,26 @@ def assert_no_secrets(text: str, secrets: set[str]) -> None:
     assert not leaked, f"{len(leaked)} secrets or tokens appear in logs"
 
 
-async def test_kill_9_the_deliverer_five_times_during_10k_deliveries(
+async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    concurrency, kills = 16, 5
+    concurrency, kills, invoices = 16, 20, 5000
     with SimulatorServer(WeChatSimulator(latency_ms=15)) as server:
+        server.sim.configure(finish_abandoned=True)  # a killed client's call still lands, as at WeChat
         settings = make_settings(
             wechat_base_url=server.base_url,
             wechat_appid=APPID,
             wechat_secret=DEFAULT_ACCOUNTS[APPID],
             delivery_concurrency=concurrency,
             delivery_commit_interval_ms=100,
-            kafka_session_timeout_ms=6000,
+            kafka_session_timeout_ms=2000,
+            # Calls take 15 ms and time out after 2 s: the takeover rule's
+            # wait only has to outlast one of them.
+            wechat_timeout_s=2.0,
+            delivery_takeover_wait_s=2.5,
             state_dir=tmp_path / "deliverer-state",
         )
-        events = four_step_lifecycles(2500)
+        events = four_step_lifecycles(invoices)
         stop = asyncio.Event()
         processor_task = asyncio.create_task(Processor(settings).run(stop))
         log = tmp_path / "deliverer.log"
@@ -80,7 +85,7 @@ async def test_kill_9_the_deliverer_five_times_during_10k_deliveries(
                     await asyncio.sleep(0.05)
                 deliverer.kill()
                 deliverer = Service("deliver", settings, log)
-            records = await wait_for_count(settings, settings.topic_deliveries, 10_000, timeout=240)
+            records = await wait_for_count(settings, settings.topic_deliveries, 4 * invoices, timeout=240)
             assert deliverer.terminate() == 0
         finally:
             deliverer.close()
@@ -88,11 +93,11 @@ async def test_kill_9_the_deliverer_five_times_during_10k_deliveries(
             await processor_task
 
         deliveries = values(records)
-        outcomes = [o for o in values(await wait_for_count(settings, settings.topic_outcomes, 10_000))
+        outcomes = [o for o in values(await wait_for_count(settings, settings.topic_outcomes, 4 * invoices))
                     if o["type"] == "invoice.status.accepted"]
         # Nothing lost: exactly one final record per accepted outcome.
         keys = Counter(d["idempotency_key"] for d in deliveries)
-        assert len(outcomes) == 10_000 and len(keys) == 10_000 and set(keys.values()) == {1}
+        assert len(outcomes) == 4 * invoices and len(keys) == 4 * invoices and set(keys.values()) == {1}
         assert set(keys) == {f"{o['data']['card_id']}/{o['data']['code']}#{o['data']['version']}" for o in outcomes}
         assert {d["result"] for d in deliveries} <= {"delivered", "already_applied"}
         assert {c.reimburse_status for c in server.sim.cards()} == {S.CLOSURE}
@@ -100,8 +105,9 @@ async def test_kill_9_the_deliverer_five_times_during_10k_deliveries(
         calls = [c for c in server.sim.calls() if "updatestatus" in c.path]
         assert all(c.idempotency_key for c in calls)
         # Per invoice, versions never go backwards (a repeat is the same version).
-        by_card: dict[tuple[str, str], list[int]] = defaultdict(list)
+        by_card: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
         for c in calls:
+            assert c.idempotency_key is not None, c
             by_card[(c.card_id, c.code)].append(int(c.idempotency_key.rsplit("#", 1)[1]))
         assert all(v == sorted(v) for v in by_card.values())
         # A repeat reuses the key of the same status, and repeats stay within
@@ -110,6 +116,11 @@ async def test_kill_9_the_deliverer_five_times_during_10k_deliveries(
             assert len(statuses) == 1, key
         repeats = len(calls) - len({c.idempotency_key for c in calls})
         assert repeats <= kills * concurrency, f"{repeats} repeated calls"
+        # Each repeat is recorded as what it is: our own earlier call, already applied.
+        called = Counter(c.idempotency_key for c in calls)
+        results = {d["idempotency_key"]: d["result"] for d in deliveries}
+        assert {results[k] for k, n in called.items() if n > 1} <= {"already_applied"}
+        assert {results[k] for k, n in called.items() if n == 1} <= {"delivered"}
         assert_no_secrets(log.read_text(), server.sim.issued_secrets())
 
 
@@ -182,4 +193,4 @@ async def test_component_mode_gives_each_authorizer_appid_its_own_token(make_set
         kinds = Counter(t.kind for t in server.sim.token_calls())
         assert kinds and sum(kinds.values()) == 3, kinds  # one component token, one per authorizer
         assert_no_secrets(stream.getvalue(), server.sim.issued_secrets() | set(refresh.values()))
-        assert "delivery final" in stream.getvalue()
+        assert "delivery_final" in stream.getvalue()

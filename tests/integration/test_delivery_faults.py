@@ -12,9 +12,9 @@ import pytest
 from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from domain.status import ReimburseStatus as S
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, card, event
 from tests.support.kafka_io import produce_events, values, wait_for_count
 

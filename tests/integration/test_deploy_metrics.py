@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.settings import Settings
 from consumers.reconcile import DIFFERENCE_KINDS
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, card, event
 from tests.support.deploy_kit import family, metrics_used
 from tests.support.kafka_io import produce, produce_events, wait_for_count

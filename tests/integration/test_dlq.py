@@ -15,7 +15,7 @@ from consumers.dlq import REINJECTED_HEADER
 from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event
 from tests.support.kafka_io import produce, read_topic, values, wait_for_count
-from tests.support.services import running, run_cli
+from tests.support.services import run_cli, running
 
 pytestmark = pytest.mark.broker
 

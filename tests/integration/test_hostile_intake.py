@@ -89,7 +89,7 @@ def _valid(mode: int) -> tuple[bytes, bytes, Headers, str, str]:
     value, headers = binary_form(ev)
     if mode == 2:
         return key, value, headers, "binary", ev["id"]
-    return key, value, headers + [("traceparent", None)], "binary with a null non-ce header", ev["id"]
+    return key, value, [*headers, ("traceparent", None)], "binary with a null non-ce header", ev["id"]
 
 
 def _poisons(partition: int) -> list[Sent]:
@@ -244,7 +244,7 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
 
     # 2. A header key that is not UTF-8, in the middle of a batch of three,
     #    uncompressed or compressed (the consumer must decompress to re-read it).
-    for p, codec in zip(range(PARTITIONS), ["none", "zstd", "gzip"]):
+    for p, codec in zip(range(PARTITIONS), ["none", "zstd", "gzip"], strict=True):
         before, after = valid(p, 0), valid(p, 2)
         key, value, *_ = _valid(0)
         headers: Headers = [("content-type", b"application/cloudevents+json"), (BAD_KEY_MARKER, b"x")]
@@ -286,7 +286,7 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
     assert len(valid_sent) == PARTITIONS * (len(CODECS) * VALID_PER_CODEC_AND_PARTITION + first_step + 2 + 2)
 
     async with running(settings) as processor:
-        (task,) = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Processor.run"]
+        (task,) = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", None) == "Processor.run"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while True:
@@ -297,7 +297,8 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
             if len(outcomes) >= len(valid_sent) and len(dlq) >= len(poison_sent):
                 break
             assert loop.time() < deadline, (
-                f"{len(outcomes)}/{len(valid_sent)} outcomes, {len(dlq)}/{len(poison_sent)} DLQ records; stalled: {processor.stalled()}"
+                f"{len(outcomes)}/{len(valid_sent)} outcomes, "
+                f"{len(dlq)}/{len(poison_sent)} DLQ records; stalled: {processor.stalled()}"
             )
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # anything extra (a repeat) would have landed by now
@@ -308,7 +309,7 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
         dlq = await read_topic(settings, settings.topic_dlq)
 
     # Every valid event: exactly one outcome, accepted (each is a fresh invoice).
-    decided = Counter()
+    decided: Counter[tuple[int, int]] = Counter()
     for record in outcomes:
         outcome = json.loads(record.value)
         position = (outcome["data"]["source_partition"], outcome["data"]["source_offset"])
@@ -320,30 +321,33 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
     assert max(decided.values()) == 1, [valid_sent[p].label for p, n in decided.items() if n > 1][:10]
 
     # Every poison record: exactly one DLQ copy, with its reason.
-    copies: dict[tuple[int, int], Any] = {}
+    copies: dict[tuple[int | None, int | None], Any] = {}
     for record in dlq:
-        headers = dict(record.headers)
-        position = (int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"]))
+        dlq_headers = dict(record.headers)
+        position = (int(dlq_headers["dlq.source.partition"]), int(dlq_headers["dlq.source.offset"]))
         assert position not in copies, f"two DLQ copies of {position}"
-        assert position in poison_sent, f"a valid event in the DLQ: {valid_sent[position].label if position in valid_sent else position} ({headers['dlq.error.message']!r})"
+        assert position in poison_sent, (
+            f"a valid event in the DLQ: {valid_sent[position].label if position in valid_sent else position} "
+            f"({dlq_headers['dlq.error.message']!r})"
+        )
         copies[position] = record
         sent = poison_sent[position]
-        reason = headers["dlq.error.reason"].decode()
-        assert reason == sent.reason, f"{sent.label}: reason {reason}, expected {sent.reason} ({headers['dlq.error.message']!r})"
+        reason = dlq_headers["dlq.error.reason"].decode()
+        assert reason == sent.reason, f"{sent.label}: reason {reason}, expected {sent.reason} ({dlq_headers['dlq.error.message']!r})"
         for name, _ in record.headers:
             name.encode("utf-8")
     assert set(copies) == set(poison_sent), [poison_sent[p].label for p in set(poison_sent) - set(copies)][:10]
 
     # The DLQ copies of the records too big to keep whole: cut, and say so.
     for position, sent in poison_sent.items():
-        headers = dict(copies[position].headers)
+        copy_headers = dict(copies[position].headers)
         if sent.reason == "oversized" and len(sent.value or b"") > 512 * 1024:
-            assert headers.get("dlq.value.truncated") == b"true", sent.label
-            assert headers["dlq.value.original.size"] == str(len(sent.value or b"")).encode(), sent.label
-            assert headers["dlq.value.sha256"] == hashlib.sha256(sent.value or b"").hexdigest().encode(), sent.label
+            assert copy_headers.get("dlq.value.truncated") == b"true", sent.label
+            assert copy_headers["dlq.value.original.size"] == str(len(sent.value or b"")).encode(), sent.label
+            assert copy_headers["dlq.value.sha256"] == hashlib.sha256(sent.value or b"").hexdigest().encode(), sent.label
             assert (sent.value or b"").startswith(copies[position].value), sent.label
         else:
-            assert "dlq.value.truncated" not in headers, sent.label
+            assert "dlq.value.truncated" not in copy_headers, sent.label
             assert copies[position].value == sent.value, sent.label
         if "header key not UTF-8" in sent.label:
             # The name is written back escaped, the value kept.

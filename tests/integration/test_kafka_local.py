@@ -1,4 +1,4 @@
-"""The local Kafka broker (adapters.kafka_local) against real aiokafka clients.
+"""The local Kafka broker (devtools.kafka_local) against real aiokafka clients.
 
 Each broker here is a real JVM started from the Maven Central jars; the whole
 file takes about 20 seconds.
@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from adapters.kafka_local import KAFKA_VERSION, LocalKafka, ensure_jars
+from devtools.kafka_local import KAFKA_VERSION, LocalKafka, ensure_jars
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -4,6 +4,7 @@ from a thread that lives as long as the process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters.kafka_local import REPO_ROOT, LocalKafka
+from devtools.kafka_local import REPO_ROOT, LocalKafka
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -34,15 +35,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def _kill_if_alive(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_the_broker_jvm_dies_within_seconds_when_its_python_parent_is_sigkilled(tmp_path: Path) -> None:
     parent = subprocess.Popen(
-        [sys.executable, "-m", "adapters.kafka_local", "start", "--workdir", str(tmp_path / "broker")],
+        [sys.executable, "-m", "devtools.kafka_local", "start", "--workdir", str(tmp_path / "broker")],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

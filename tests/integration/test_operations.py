@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from adapters.settings import Settings
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, card, event
 from tests.support.kafka_io import produce_events, wait_for_count
 from tests.support.processes import Service
@@ -84,4 +84,4 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
     assert "invoice_sm_consumer_lag{" in after
     assert "invoice_sm_restore_seconds{" in after
     log = (tmp_path / "run.log").read_text()
-    assert '"processor stopped"' in log and '"deliverer stopped"' in log
+    assert '"processor stopped"' in log and '"deliverer_stopped"' in log

@@ -51,7 +51,7 @@ async def test_lifecycle_of_one_invoice(settings: Settings) -> None:
         ("duplicate", None),
         ("unchanged", None),
     ]
-    assert all(r.key == f"{o['data']['card_id']}/{o['data']['code']}".encode() for r, o in zip(records, outcomes))
+    assert all(r.key == f"{o['data']['card_id']}/{o['data']['code']}".encode() for r, o in zip(records, outcomes, strict=True))
 
     state = {json.loads(r.value)["card_id"]: json.loads(r.value) for r in await read_topic(settings, settings.topic_state)}
     assert state[c]["status"] == S.CLOSURE and state[c]["version"] == 4
@@ -60,7 +60,7 @@ async def test_lifecycle_of_one_invoice(settings: Settings) -> None:
 
 async def test_malformed_input_goes_to_the_dlq_and_valid_events_around_it_are_decided(settings: Settings) -> None:
     cases = producible(malformed_cases(settings.max_event_bytes))
-    records = []
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
     for i, (name, key, value, headers, _) in enumerate(cases):
         ok = event(*card(100 + i), S.LOCK, event_id=f"ok-{i}")
         records.append((*encode(ok), []))

@@ -23,10 +23,11 @@ from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor, utc_now
 from consumers.reconcile import ReconcileReport, reconcile
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
 from domain.model import InvoiceState, idempotency_key, invoice_key
+from domain.status import OutcomeType
 from domain.status import ReimburseStatus as S
-from simulator import SimulatorServer, WeChatSimulator
-from simulator.state import DEFAULT_ACCOUNTS
 from tests.factories import APPID, encode, random_stream
 from tests.support.kafka_io import (
     produce,
@@ -35,7 +36,7 @@ from tests.support.kafka_io import (
     values,
     wait_for_count,
 )
-from tests.support.services import running, run_cli
+from tests.support.services import run_cli, running
 
 pytestmark = pytest.mark.broker
 
@@ -57,7 +58,7 @@ def delivery(outcome: wire.OutcomeData, *, result: str = "delivered", errcode: i
         appid=outcome.appid,
         reimburse_status=outcome.to_status,
         version=outcome.version,
-        result=result,  # type: ignore[arg-type]
+        result=result,  # type: ignore[arg-type]  # a plain str: msgspec writes it like the DeliveryResult it names
         errcode=errcode,
         errmsg=errmsg,
         attempts=1,
@@ -83,7 +84,7 @@ class FakeDeliverer:
         outcomes = [wire.decode_outcome(r.value) for r in await read_topic(self.settings, self.settings.topic_outcomes)]
         records = []
         for o in outcomes:
-            if o.type != "invoice.status.accepted":
+            if o.type != OutcomeType.ACCEPTED.value:
                 continue
             d = o.data
             step = (invoice_key(d.card_id, d.code), d.version)
@@ -104,7 +105,7 @@ class FakeDeliverer:
         records = []
         for r in await read_topic(self.settings, self.settings.topic_outcomes):
             o = wire.decode_outcome(r.value)
-            if o.type == "invoice.status.repair" and o.data.idempotency_key not in done:
+            if o.type == OutcomeType.REPAIR.value and o.data.idempotency_key not in done:
                 assert o.data.to_status is not None
                 self.sim.set_card(o.data.appid, o.data.card_id, o.data.code, o.data.to_status)
                 records.append(delivery(o.data, key=o.data.idempotency_key, repair=True))
@@ -114,7 +115,7 @@ class FakeDeliverer:
     async def _write(self, records: list[wire.DeliveryRecord]) -> None:
         await produce(
             self.settings,
-            [(f"{d.card_id}/{d.code}".encode(), wire.encode(d), []) for d in records],
+            [(f"{d.card_id}/{d.code}".encode(), wire.delivery_bytes(d), wire.DELIVERY_HEADERS) for d in records],
             topic=self.settings.topic_deliveries,
         )
 
@@ -141,7 +142,7 @@ def kinds_of(report: ReconcileReport) -> dict[str, set[str]]:
 
 async def repair_records(settings: Settings) -> list:
     return [r for r in await read_topic(settings, settings.topic_outcomes)
-            if json.loads(r.value)["type"] == "invoice.status.repair"]
+            if json.loads(r.value)["type"] == OutcomeType.REPAIR]
 
 
 def movable_away(status: S) -> S:
@@ -283,7 +284,7 @@ async def test_end_to_end_the_deliverer_applies_the_repair_and_nothing_is_left(
     tasks = [asyncio.create_task(Processor(settings).run(stop)), asyncio.create_task(Deliverer(settings).run(stop))]
     try:
         outcomes = values(await wait_for_count(settings, settings.topic_outcomes, len(events), timeout=120))
-        owed = sum(o["type"] == "invoice.status.accepted" for o in outcomes)
+        owed = sum(o["type"] == OutcomeType.ACCEPTED for o in outcomes)
         await wait_for_count(settings, settings.topic_deliveries, owed, timeout=120)
         assert (await check(settings, wechat)).clean
 

@@ -16,7 +16,7 @@ from domain.status import ReimburseStatus as S
 from tests.factories import card, encode, event, random_stream
 from tests.malformed import malformed_cases, producible
 from tests.support.kafka_io import produce, read_topic, values, wait_for_count
-from tests.support.services import running, run_cli, live_states
+from tests.support.services import live_states, run_cli, running
 
 pytestmark = pytest.mark.broker
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.kafka_local import LocalKafka
 from adapters.settings import Settings, load_settings
 from consumers.cli import EXIT_CONFIG
+from devtools.kafka_local import LocalKafka
 from tests.factories import random_stream
 from tests.support.kafka_io import read_topic
 from tests.support.processes import Service
@@ -97,8 +97,8 @@ async def test_deliver_and_reconcile_work_over_sasl_ssl(secured_broker: LocalKaf
     """``run`` (processor and deliverer) pushes every accepted status to the
     simulator over the secured cluster, and ``reconcile`` reads all four
     sources there and finds nothing out of step."""
-    from simulator import SimulatorServer, WeChatSimulator
-    from simulator.state import DEFAULT_ACCOUNTS
+    from devtools.simulator import SimulatorServer, WeChatSimulator
+    from devtools.simulator.state import DEFAULT_ACCOUNTS
     from tests.factories import APPID
     from tests.support.kafka_io import produce_events, values
 

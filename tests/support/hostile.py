@@ -40,7 +40,7 @@ class Raw(str):
     """A JSON fragment written as is (not quoted)."""
 
 
-class Pairs(list):  # type: ignore[type-arg]
+class Pairs(list):
     """A JSON object as ``(name, value)`` pairs: duplicate names are kept."""
 
 
@@ -62,7 +62,7 @@ def dump(obj: Any, *, ascii_only: bool = True) -> str:
 @dataclass(frozen=True)
 class Case:
     name: str
-    record: ConsumerRecord  # type: ignore[type-arg]
+    record: ConsumerRecord
     must_refuse: bool = False
     reason: str | None = None
 
@@ -70,7 +70,7 @@ class Case:
 _offsets = iter(range(10**12))
 
 
-def consumer_record(key: bytes | None, value: bytes | None, headers: Headers | None = None) -> ConsumerRecord:  # type: ignore[type-arg]
+def consumer_record(key: bytes | None, value: bytes | None, headers: Headers | None = None) -> ConsumerRecord:
     """A ``ConsumerRecord`` as aiokafka's fetcher builds it."""
     hdrs = tuple(headers or ())
     return ConsumerRecord(
@@ -79,7 +79,7 @@ def consumer_record(key: bytes | None, value: bytes | None, headers: Headers | N
     )
 
 
-def unreadable_record(problem: str, key: bytes | None = None, value: bytes | None = None) -> ConsumerRecord:  # type: ignore[type-arg]
+def unreadable_record(problem: str, key: bytes | None = None, value: bytes | None = None) -> ConsumerRecord:
     """What ``adapters.kafka_records`` delivers for a record it could not parse."""
     from adapters.kafka_records import UnreadableRecord
 
@@ -384,7 +384,8 @@ def header_case(rng: random.Random, i: int) -> Case:
             name = rng.choice(_HEADER_NAMES)
         headers.insert(rng.randrange(len(headers) + 1), (name, rng.choice(_HEADER_VALUES)))
     return Case(
-        f"headers {'binary' if binary else 'structured'} {[(n.encode('utf-8', 'backslashreplace')[:20], v[:20] if v else v) for n, v in headers]!r} #{i}",
+        f"headers {'binary' if binary else 'structured'} "
+        f"{[(n.encode('utf-8', 'backslashreplace')[:20], v[:20] if v else v) for n, v in headers]!r} #{i}",
         consumer_record(key, value, headers),
         surrogate,
         "bad_header" if surrogate else None,

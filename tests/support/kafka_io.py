@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, topics
+from adapters import kafka, topics, wire
 from adapters.settings import Settings
 from tests.factories import encode
 
 
-async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], topic: str | None = None) -> int:
+async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]], topic: str | None = None) -> int:
     await topics.ensure_topics(settings)
     producer = kafka.new_producer(settings, linger_ms=10)
     count = 0
@@ -41,7 +41,9 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = T
 
 
 def values(records: Iterable[ConsumerRecord]) -> list[dict[str, Any]]:
-    return [json.loads(r.value) for r in records if r.value is not None]
+    """The JSON values of ``records``; of a delivery CloudEvent (``invoice.deliveries``), its data: the delivery record."""
+    out = [json.loads(r.value) for r in records if r.value is not None]
+    return [v["data"] if isinstance(v, dict) and v.get("type") == wire.DELIVERY_EVENT_TYPE else v for v in out]
 
 
 async def wait_for_count(settings: Settings, topic: str, count: int, *, timeout: float = 60.0, key: Any = None) -> list[ConsumerRecord]:

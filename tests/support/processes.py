@@ -28,7 +28,7 @@ class Service:
     def __init__(self, command: str, settings: Settings, log_path: Path, *args: str, **env: str) -> None:
         self.command = command
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the log outlives this call; closed when the process is
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "consumers", command, *args],
             cwd=REPO,

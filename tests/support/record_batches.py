@@ -8,7 +8,7 @@ given a correct CRC-32C, so the broker accepts them as any producer's.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import codec
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
@@ -35,7 +35,7 @@ def fix_crc(batch: bytearray) -> bytearray:
     return batch
 
 
-def build_batch(records: list[Record], *, base_offset: int = 0, compression: str = "none", timestamp: int = 1_700_000_000_000) -> bytearray:
+def build_batch(records: Sequence[Record], *, base_offset: int = 0, compression: str = "none", timestamp: int = 1_700_000_000_000) -> bytearray:
     """A v2 batch of ``records``; header names equal to ``BAD_KEY_MARKER``
     become bytes that are not UTF-8, then the records are compressed."""
     builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, -1, 1 << 30)

@@ -1,4 +1,4 @@
-"""Checks shared by the crash tests: exactly one outcome per event, state = fold."""
+"""Checks shared by the crash tests: exactly one outcome per event, state = the processor's own loop replayed."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from collections import Counter
 
 from adapters import wire
 from adapters.settings import Settings
-from domain.decide import fold
+from consumers.processor import decide_records
+from domain.decide import DictStates
 from tests.support.kafka_io import read_topic
 
 
 async def assert_exactly_once(settings: Settings) -> dict[str, int]:
     """Every input record has exactly one committed outcome, and the latest
-    state of every invoice equals a from-scratch fold of the events."""
+    state of every invoice equals a from-scratch run of the processor's
+    decision loop (``decide_records``) over the events, partition by partition."""
     events = await read_topic(settings, settings.topic_events)
     outcomes = await read_topic(settings, settings.topic_outcomes)
     sources = Counter(
@@ -29,17 +31,19 @@ async def assert_exactly_once(settings: Settings) -> dict[str, int]:
     by_partition: dict[int, list] = {}
     for r in events:
         by_partition.setdefault(r.partition, []).append(r)
-    expected = {}
+    expected = DictStates()
     for records in by_partition.values():
         records.sort(key=lambda r: r.offset)
-        expected.update(fold(wire.decode_event(r.key, r.value, r.headers) for r in records))
+        decided = decide_records(records, expected, max_bytes=settings.max_event_bytes, now=None)
+        assert not decided.invalid, f"{len(decided.invalid)} events do not decode, e.g. {decided.invalid[0][1]}"
     latest = {}
     for r in await read_topic(settings, settings.topic_state):
         latest[r.key.decode()] = wire.decode_state(r.value)
-    assert set(latest) == set(expected)
+    assert set(latest) == set(expected.states)
     diffs = [
-        k for k, s in expected.items()
+        k
+        for k, s in expected.states.items()
         if (s.status, s.version, s.recent_event_ids) != (latest[k].status, latest[k].version, latest[k].recent_event_ids)
     ]
-    assert not diffs, f"{len(diffs)} invoices differ from the fold, e.g. {diffs[:3]}"
-    return {"events": len(events), "outcomes": len(outcomes), "invoices": len(expected)}
+    assert not diffs, f"{len(diffs)} invoices differ from the processor's loop replayed, e.g. {diffs[:3]}"
+    return {"events": len(events), "outcomes": len(outcomes), "invoices": len(expected.states)}

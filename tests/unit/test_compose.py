@@ -1,11 +1,13 @@
 """compose.yaml, the Dockerfile, deploy/prometheus.yml and Grafana's
 provisioning under deploy/grafana/ stay in step with the code: real settings, real subcommands, the default topics, matching
 ports. There is no Docker engine in CI, so the files are parsed, not run;
-``invoice-sm wechat-sim``, which compose runs, is exercised for real."""
+``python -m devtools wechat-sim``, which compose runs, is exercised for real."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import shlex
 import signal
@@ -18,14 +20,19 @@ from typing import Any
 import pytest
 import yaml
 
-import simulator.server
-from adapters.topics import topic_table
+import devtools.simulator.server
 from adapters.settings import ENV_PREFIX, Settings, load_settings
-from consumers.cli import COMMANDS, _load_commands, build_parser, main
+from adapters.topics import topic_table
+from consumers.cli import COMMANDS, build_parser
+from devtools.__main__ import COMMANDS as DEV_COMMANDS
+from devtools.__main__ import main as dev_main
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "prometheus", "grafana"}
 PROJECT_SERVICES = ("wechat-sim", "processor", "deliverer")
+#: Run from the service image; the simulator runs from the devtools image.
+SERVICE_IMAGE_SERVICES = ("processor", "deliverer")
+DEVTOOLS_SERVICES = ("wechat-sim",)
 METRICS_SERVICES = ("processor", "deliverer")
 #: ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}`` (compose interpolation).
 SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
@@ -113,11 +120,20 @@ def test_the_external_kafka_listener_is_the_published_port(services: dict[str, d
     assert (port, port) in {(published, target) for _, published, target in _ports(services["kafka"])}
 
 
-def test_project_services_share_one_image_and_build(services: dict[str, dict[str, Any]]) -> None:
-    images = {(services[name].get("image"), str(services[name].get("build"))) for name in PROJECT_SERVICES}
-    assert len(images) == 1
-    image, build = images.pop()
-    assert image and build != "None"
+def _build(service: dict[str, Any]) -> tuple[str, str | None]:
+    """(context, target) of a service's build (short or long syntax)."""
+    build = service["build"]
+    return (build, None) if isinstance(build, str) else (str(build["context"]), build.get("target"))
+
+
+def test_the_services_share_the_service_image_and_the_simulator_has_its_own(services: dict[str, dict[str, Any]]) -> None:
+    service_images = {(services[name]["image"], _build(services[name])) for name in SERVICE_IMAGE_SERVICES}
+    assert service_images == {("invoice-sm:local", (".", "service"))}
+    for name in DEVTOOLS_SERVICES:
+        assert _build(services[name]) == (".", "devtools"), name
+        assert services[name]["image"] not in {image for image, _ in service_images}, f"{name} would overwrite the service image"
+    stages = _dockerfile_stages()
+    assert {"service", "devtools"} <= set(stages)
 
 
 # --------------------------------------------------------------------------
@@ -140,13 +156,20 @@ def test_project_environment_values_load(services: dict[str, dict[str, Any]], na
         settings.require_wechat()
 
 
-@pytest.mark.parametrize("name", PROJECT_SERVICES)
+@pytest.mark.parametrize("name", SERVICE_IMAGE_SERVICES)
 def test_project_commands_are_real_subcommands(services: dict[str, dict[str, Any]], name: str) -> None:
-    _load_commands()
     argv = [_interpolate(part) for part in _command(services[name])]
     assert argv[0] in COMMANDS, f"{name}: invoice-sm has no command {argv[0]!r}"
     args = build_parser().parse_args(argv)
     assert args.command == argv[0]
+
+
+@pytest.mark.parametrize("name", DEVTOOLS_SERVICES)
+def test_devtools_commands_are_real_dev_commands(services: dict[str, dict[str, Any]], name: str) -> None:
+    argv = [_interpolate(part) for part in _command(services[name])]
+    assert argv[0] in DEV_COMMANDS, f"{name}: python -m devtools has no command {argv[0]!r}"
+    args = devtools.simulator.server._parser().parse_args(argv[1:])
+    assert args.host == "0.0.0.0"
 
 
 def test_the_processor_keeps_its_state_on_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -188,7 +211,7 @@ def _created_topics(service: dict[str, Any]) -> dict[str, dict[str, str]]:
             continue
         assert "--create" in words and "--if-not-exists" in words, line
         options: dict[str, str] = {}
-        for flag, value in zip(words, words[1:], strict=False):
+        for flag, value in itertools.pairwise(words):
             if flag == "--config":
                 key, _, setting = value.partition("=")
                 options[key] = setting
@@ -339,7 +362,7 @@ def test_secrets_come_only_from_substitutions(services: dict[str, dict[str, Any]
                 assert SUBSTITUTION.fullmatch(value), f"{name}: {env_name} is a literal, not ${{...}}"
                 checked += 1
         argv = _command(services[name])
-        for flag, value in zip(argv, argv[1:], strict=False):
+        for flag, value in itertools.pairwise(argv):
             if flag == "--account":
                 assert SUBSTITUTION.fullmatch(value.partition(":")[2]), f"{name}: --account has a literal secret"
     assert checked, "no secret setting found: the check checks nothing"
@@ -357,19 +380,93 @@ def test_no_other_service_carries_a_password(services: dict[str, dict[str, Any]]
 # --------------------------------------------------------------------------
 
 
-def test_the_dockerfile_copies_every_package_and_runs_invoice_sm_as_non_root() -> None:
-    dockerfile = (REPO / "Dockerfile").read_text()
+def _dockerfile_stages() -> dict[str, list[list[str]]]:
+    """Stage name -> its instructions (each split into words), in file order.
+    Continuation lines are joined; comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    stages: dict[str, list[list[str]]] = {}
+    current: list[list[str]] = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].upper() == "FROM":
+            assert len(words) == 4 and words[2].upper() == "AS", f"unnamed stage: {line}"
+            current = stages.setdefault(words[3], [])
+        current.append(words)
+    return stages
+
+
+def _base(stage: list[list[str]]) -> str:
+    return stage[0][1]
+
+
+def _lineage(stages: dict[str, list[list[str]]], name: str) -> list[str]:
+    """The stage, its base stage, that one's base... (names of stages only)."""
+    chain = [name]
+    while _base(stages[chain[-1]]) in stages:
+        chain.append(_base(stages[chain[-1]]))
+    return chain
+
+
+def _instructions(stages: dict[str, list[list[str]]], names: list[str], keyword: str) -> list[list[str]]:
+    return [words[1:] for name in names for words in stages[name] if words[0].upper() == keyword]
+
+
+def _copied_sources(stages: dict[str, list[list[str]]], names: list[str]) -> set[str]:
+    """What the stages COPY from the build context (not --from another stage)."""
+    sources: set[str] = set()
+    for args in _instructions(stages, names, "COPY"):
+        if any(a.startswith("--from=") for a in args):
+            continue
+        sources |= {a.rstrip("/") for a in args[:-1] if not a.startswith("--")}
+    return sources
+
+
+def _service_image_stages(stages: dict[str, list[list[str]]]) -> list[str]:
+    """The service stage, the stages it is built on, and the stages they copy from."""
+    names = _lineage(stages, "service")
+    for args in _instructions(stages, names, "COPY"):
+        for arg in args:
+            if arg.startswith("--from="):
+                names += [n for n in _lineage(stages, arg.removeprefix("--from=")) if n not in names]
+    return names
+
+
+def test_the_service_image_is_the_default_and_runs_invoice_sm_as_non_root() -> None:
+    stages = _dockerfile_stages()
+    assert list(stages)[-1] == "service", "a plain `docker build` must make the service image"
+    chain = _lineage(stages, "service")
+    assert _base(stages[chain[-1]]) == "python:3.11-slim"
+    users = [args[0] for args in _instructions(stages, chain[::-1], "USER")]
+    assert users and users[-1] not in {"root", "0"}
+    assert _instructions(stages, ["service"], "ENTRYPOINT") == [['["invoice-sm"]']]
+    for env_name in re.findall(r"\b(INVOICE_SM_\w+)=", (REPO / "Dockerfile").read_text()):
+        assert _field(env_name) in Settings.model_fields, env_name
+
+
+def test_the_service_image_holds_exactly_the_installed_packages_and_no_devtools() -> None:
+    stages = _dockerfile_stages()
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
-    copied = set(re.findall(r"^COPY (\w+)/ ", dockerfile, re.MULTILINE))
-    assert packages <= copied, f"the Dockerfile does not copy {packages - copied}"
-    assert re.search(rf"^COPY pyproject.toml {re.escape(pyproject['project']['readme'])} ", dockerfile, re.MULTILINE)
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
-    users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
-    assert users and users[-1] not in {"root", "0"}
-    assert 'ENTRYPOINT ["invoice-sm"]' in dockerfile
-    for env_name in re.findall(r"\b(INVOICE_SM_\w+)=", dockerfile):
-        assert _field(env_name) in Settings.model_fields, env_name
+    names = _service_image_stages(stages)
+    assert "build" in names and "devtools" not in names
+    copied = _copied_sources(stages, names)
+    assert copied == packages | {"pyproject.toml", pyproject["project"]["readme"], "requirements.lock"}
+    assert "devtools" not in copied and "devtools" not in packages
+
+
+def test_the_build_installs_the_hashed_lock_then_the_project_without_its_dependencies() -> None:
+    runs = [" ".join(args) for args in _instructions(_dockerfile_stages(), ["build"], "RUN")]
+    pip = [run for run in runs if run.startswith("pip install")]
+    assert pip == ["pip install --require-hashes -r requirements.lock", "pip install --no-deps --no-build-isolation ."]
+
+
+def test_the_devtools_image_is_the_runtime_plus_devtools() -> None:
+    stages = _dockerfile_stages()
+    assert _lineage(stages, "devtools")[1:] == _lineage(stages, "service")[1:]
+    assert _copied_sources(stages, ["devtools"]) == {"devtools"}
+    assert _instructions(stages, ["devtools"], "ENTRYPOINT") == [['["python",', '"-m",', '"devtools"]']]
 
 
 def test_the_build_context_leaves_out_local_state() -> None:
@@ -378,13 +475,13 @@ def test_the_build_context_leaves_out_local_state() -> None:
 
 
 # --------------------------------------------------------------------------
-# invoice-sm wechat-sim (what the wechat-sim service runs)
+# python -m devtools wechat-sim (what the wechat-sim service runs)
 # --------------------------------------------------------------------------
 
 
 def test_wechat_sim_help_shows_the_simulator_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["wechat-sim", "--help"])
+        dev_main(["wechat-sim", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--latency-ms", "--account", "--no-demo-accounts", "--token-ttl-s"):
@@ -393,12 +490,17 @@ def test_wechat_sim_help_shows_the_simulator_flags(capsys: pytest.CaptureFixture
 
 def test_wechat_sim_hands_the_simulator_its_arguments_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     received: list[list[str]] = []
-    monkeypatch.setattr(simulator.server, "main", lambda argv: received.append(list(argv)) or 0)
+
+    def fake_main(argv: list[str]) -> int:
+        received.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(devtools.simulator.server, "main", fake_main)
     argv = ["--host", "0.0.0.0", "--port", "8088", "--account", "wxa:s1", "--latency-ms", "5", "--account", "wxb:s2",
             "--no-demo-accounts", "--token-ttl-s", "1.5"]
-    assert main(["wechat-sim", *argv]) == 0
+    assert dev_main(["wechat-sim", *argv]) == 0
     assert received == [argv]
-    assert main(["wechat-sim"]) == 0
+    assert dev_main(["wechat-sim"]) == 0
     assert received[-1] == []
 
 
@@ -406,19 +508,25 @@ def test_wechat_sim_hands_the_simulator_its_arguments_as_typed(monkeypatch: pyte
 def test_wechat_sim_refuses_a_bad_argument_before_starting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    monkeypatch.setattr(simulator.server, "main", lambda argv: pytest.fail("the simulator must not start"))
+    monkeypatch.setattr(devtools.simulator.server, "serve", lambda *a, **k: pytest.fail("the simulator must not start"))
     with pytest.raises(SystemExit) as info:
-        main(["wechat-sim", *argv])
+        dev_main(["wechat-sim", *argv])
     assert info.value.code == 2
     assert f"error: {'unrecognized' if argv == ['--unknown'] else 'argument ' + argv[0]}" in capsys.readouterr().err
 
 
+def test_an_unknown_dev_command_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dev_main(["wechat-simulator"]) == 2
+    assert "unknown command 'wechat-simulator'" in capsys.readouterr().err
+
+
 def test_wechat_sim_serves_until_sigterm_and_exits_cleanly() -> None:
-    # The console script, as the image's ENTRYPOINT runs it.
-    script = Path(sys.executable).with_name("invoice-sm")
+    # As the devtools image's ENTRYPOINT runs it, from outside the checkout
+    # with devtools on PYTHONPATH.
     proc = subprocess.Popen(
-        [str(script), "wechat-sim", "--port", "0", "--latency-ms", "1"],
-        cwd=REPO,
+        [sys.executable, "-m", "devtools", "wechat-sim", "--port", "0", "--latency-ms", "1"],
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

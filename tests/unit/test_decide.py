@@ -70,6 +70,7 @@ def test_only_the_last_ids_are_remembered() -> None:
     state = None
     for i in range(RECENT_EVENT_IDS + 5):
         state = decide(state, ev(S.INIT, f"id-{i}")).state
+    assert state is not None
     assert len(state.recent_event_ids) == RECENT_EVENT_IDS
     assert decide(state, ev(S.INIT, f"id-{RECENT_EVENT_IDS + 4}")).kind is DecisionKind.DUPLICATE
 

@@ -1,4 +1,4 @@
-"""``invoice-sm diagram``: the lifecycle diagram is drawn from the Machine and
+"""``python -m devtools diagram``: the lifecycle diagram is drawn from the Machine and
 kept current in docs/lifecycle.mmd and the README's marked block."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.cli import EXIT_FAILED, EXIT_OK, main
-from consumers.commands_ops import DEFAULT_MMD, README_END, README_START, lifecycle_mermaid
+from devtools.diagram import DEFAULT_MMD, EXIT_FAILED, EXIT_OK, README_END, README_START, lifecycle_mermaid, main
 from domain.lifecycle import STATES, TRANSITIONS
 
 STATE_LINE = re.compile(r'^state "(?P<label>[^"]+)" as (?P<name>\S+)$')
@@ -65,13 +64,13 @@ def test_the_diagram_is_front_matter_with_a_title_and_has_no_trailing_blanks() -
 
 
 def test_without_a_flag_the_diagram_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["diagram"]) == EXIT_OK
+    assert main([]) == EXIT_OK
     assert capsys.readouterr().out == lifecycle_mermaid()
 
 
 def test_the_checked_in_diagram_is_current() -> None:
-    assert DEFAULT_MMD.read_text() == lifecycle_mermaid(), "docs/lifecycle.mmd is stale: run invoice-sm diagram --write"
-    assert main(["diagram", "--check"]) == EXIT_OK
+    assert DEFAULT_MMD.read_text() == lifecycle_mermaid(), "docs/lifecycle.mmd is stale: run ./dev diagram --write"
+    assert main(["--check"]) == EXIT_OK
 
 
 @pytest.fixture
@@ -90,11 +89,11 @@ def test_a_stale_readme_fails_the_check_and_passes_after_write(
     readme.write_text(f"{before}{README_START}\n```mermaid\nstateDiagram-v2\n  A --> B: old\n```\n{README_END}{after}")
     paths = ["--readme", str(readme), "--mmd", str(mmd_copy)]
 
-    assert main(["diagram", "--check", *paths]) == EXIT_FAILED
+    assert main(["--check", *paths]) == EXIT_FAILED
     assert "stale:" in capsys.readouterr().err
 
-    assert main(["diagram", "--write", *paths]) == EXIT_OK
-    assert main(["diagram", "--check", *paths]) == EXIT_OK
+    assert main(["--write", *paths]) == EXIT_OK
+    assert main(["--check", *paths]) == EXIT_OK
     text = readme.read_text()
     assert text == f"{before}{README_START}\n```mermaid\n{lifecycle_mermaid()}```\n{README_END}{after}"
 
@@ -102,14 +101,14 @@ def test_a_stale_readme_fails_the_check_and_passes_after_write(
 def test_a_stale_mmd_fails_the_check_and_is_rewritten(tmp_path: Path, mmd_copy: Path) -> None:
     mmd_copy.write_text("stateDiagram-v2\n")
     paths = ["--readme", str(tmp_path / "README.md"), "--mmd", str(mmd_copy)]
-    assert main(["diagram", "--check", *paths]) == EXIT_FAILED
-    assert main(["diagram", "--write", *paths]) == EXIT_OK
+    assert main(["--check", *paths]) == EXIT_FAILED
+    assert main(["--write", *paths]) == EXIT_OK
     assert mmd_copy.read_text() == lifecycle_mermaid()
 
 
 def test_write_creates_a_missing_mmd(tmp_path: Path) -> None:
     mmd = tmp_path / "new" / "lifecycle.mmd"
-    assert main(["diagram", "--write", "--mmd", str(mmd), "--readme", str(tmp_path / "README.md")]) == EXIT_OK
+    assert main(["--write", "--mmd", str(mmd), "--readme", str(tmp_path / "README.md")]) == EXIT_OK
     assert mmd.read_text() == lifecycle_mermaid()
 
 
@@ -119,10 +118,10 @@ def test_a_readme_without_markers_is_left_alone_with_a_warning(
     readme = tmp_path / "README.md"
     readme.write_text("# invoice-sm\n\nNo diagram here yet.\n")
     paths = ["--readme", str(readme), "--mmd", str(mmd_copy)]
-    assert main(["diagram", "--write", *paths]) == EXIT_OK
+    assert main(["--write", *paths]) == EXIT_OK
     assert readme.read_text() == "# invoice-sm\n\nNo diagram here yet.\n"
     assert "no <!-- lifecycle-diagram:start -->" in capsys.readouterr().err
-    assert main(["diagram", "--check", *paths]) == EXIT_OK
+    assert main(["--check", *paths]) == EXIT_OK
 
 
 @pytest.mark.parametrize(
@@ -136,12 +135,22 @@ def test_malformed_markers_fail_and_change_nothing(
     readme = tmp_path / "README.md"
     readme.write_text(f"# invoice-sm\n{markers}\n")
     for flag in ("--check", "--write"):
-        assert main(["diagram", flag, "--readme", str(readme), "--mmd", str(mmd_copy)]) == EXIT_FAILED
+        assert main([flag, "--readme", str(readme), "--mmd", str(mmd_copy)]) == EXIT_FAILED
     assert readme.read_text() == f"# invoice-sm\n{markers}\n"
     assert "lifecycle-diagram:start" in capsys.readouterr().err
 
 
 def test_write_and_check_together_are_refused() -> None:
     with pytest.raises(SystemExit) as info:
-        main(["diagram", "--write", "--check"])
+        main(["--write", "--check"])
     assert info.value.code == 2
+
+
+def test_the_dev_command_line_runs_the_diagram(capsys: pytest.CaptureFixture[str]) -> None:
+    # ``./dev diagram`` is ``python -m devtools diagram``: it is not an invoice-sm command.
+    from consumers.cli import COMMANDS
+    from devtools.__main__ import main as dev_main
+
+    assert dev_main(["diagram"]) == EXIT_OK
+    assert capsys.readouterr().out == lifecycle_mermaid()
+    assert not {"diagram", "demo", "wechat-sim"} & set(COMMANDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
@@ -66,7 +67,7 @@ def test_positions_parse_and_refuse_garbage() -> None:
         parse_positions("0-12")
 
 
-def _entry(ev: dict, **kw: object) -> DlqEntry:
+def _entry(ev: dict, **kw: Any) -> DlqEntry:
     key, value = encode(ev)
     record = dlq_record(value, key=key, extra=[("content-type", wire.STRUCTURED_CONTENT_TYPE.encode())], **kw)
     return DlqEntry(record, to_dlq_record(record))

@@ -13,10 +13,12 @@ reading, close without answering).
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import httpx
@@ -24,10 +26,10 @@ import pytest
 
 from adapters.http_transport import AiohttpTransport
 from adapters.tokens import StableTokenProvider
-from adapters.wechat import WeChatClient, new_http_client
+from adapters.wechat import UpdateResult, WeChatClient, new_http_client
+from devtools.simulator import DEMO_APPID, DEMO_SECRET, SimulatorControl, SimulatorServer
 from domain.errors import TransientWeChatError, UnknownResultError, WeChatError
 from domain.status import ReimburseStatus
-from simulator import DEMO_APPID, DEMO_SECRET, SimulatorControl, SimulatorServer
 
 CARD_ID = "pjZ8Yt7Um2jYxzneP8GomnxoVFWo"
 TOKEN = "TOKEN-SHOULD-NEVER-BE-SEEN"
@@ -90,7 +92,7 @@ class WaitForPeerClose(aiohttp.TCPConnector):
     """Hands a new connection over only once the server's reset has been seen,
     as happens when the reset arrives before the request is written."""
 
-    async def connect(self, req, traces, timeout):  # type: ignore[no-untyped-def]
+    async def connect(self, req, traces, timeout):
         conn = await super().connect(req, traces, timeout)
         for _ in range(200):
             transport = conn.protocol.transport if conn.protocol is not None else None
@@ -100,9 +102,9 @@ class WaitForPeerClose(aiohttp.TCPConnector):
         return conn
 
 
-def client_for(base_url: str, *, timeout: httpx.Timeout | float = 5.0, **transport_kw: object) -> httpx.AsyncClient:
+def client_for(base_url: str, *, timeout: httpx.Timeout | float = 5.0, **transport_kw: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout  # type: ignore[arg-type]
+        base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout
     )
 
 
@@ -128,7 +130,7 @@ def wechat_over(http: httpx.AsyncClient, base_url: str, *, real_token: bool = Fa
     return WeChatClient(tokens, base_url=base_url, client=http)
 
 
-async def update(client: WeChatClient, code: str = "1001") -> object:
+async def update(client: WeChatClient, code: str = "1001") -> UpdateResult:
     return await client.update_status(
         appid=DEMO_APPID, card_id=CARD_ID, code=code, status=ReimburseStatus.LOCK, idempotency_key=f"{CARD_ID}/{code}#1"
     )
@@ -158,23 +160,25 @@ async def test_a_reset_before_the_request_is_written_is_a_connect_error_and_not_
     async def reset_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         abort_with_rst(writer)
 
-    async with tcp_server(reset_at_once) as url:
-        async with client_for(url, connector_factory=lambda: WaitForPeerClose(force_close=True)) as http:
-            with pytest.raises(httpx.ConnectError) as caught:
-                await post(http)
-            assert_clean(caught.value)
-            error = await domain_error(http, url)
+    connector = functools.partial(WaitForPeerClose, force_close=True)
+    async with tcp_server(reset_at_once) as url, client_for(url, connector_factory=connector) as http:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await post(http)
+        assert_clean(caught.value)
+        error = await domain_error(http, url)
     assert type(error) is TransientWeChatError
 
 
 async def test_a_full_pool_past_the_pool_timeout_is_a_connect_timeout_and_not_sent() -> None:
     arrived = 0
+    first_arrived = asyncio.Event()
     release = asyncio.Event()
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal arrived
         await read_request(reader)
         arrived += 1
+        first_arrived.set()
         await release.wait()
         writer.close()
 
@@ -182,8 +186,7 @@ async def test_a_full_pool_past_the_pool_timeout_is_a_connect_timeout_and_not_se
         timeout = httpx.Timeout(5.0, connect=0.1, pool=0.1)
         async with client_for(url, timeout=timeout, max_connections=1) as http:
             first = asyncio.ensure_future(post(http))
-            while arrived == 0:
-                await asyncio.sleep(0.01)
+            await first_arrived.wait()
             with pytest.raises(httpx.ConnectTimeout) as caught:
                 await post(http)
             assert_clean(caught.value)
@@ -216,12 +219,11 @@ async def test_a_close_without_an_answer_after_writing_is_a_protocol_error_and_m
         await read_request(reader)
         writer.close()
 
-    async with tcp_server(read_then_close) as url:
-        async with client_for(url) as http:
-            with pytest.raises(httpx.RemoteProtocolError) as caught:
-                await post(http)
-            assert_clean(caught.value)
-            error = await domain_error(http, url)
+    async with tcp_server(read_then_close) as url, client_for(url) as http:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await post(http)
+        assert_clean(caught.value)
+        error = await domain_error(http, url)
     assert type(error) is UnknownResultError
 
 
@@ -232,11 +234,10 @@ async def test_a_garbled_answer_is_a_protocol_error_and_may_have_been_applied() 
         await writer.drain()
         writer.close()
 
-    async with tcp_server(garble) as url:
-        async with client_for(url) as http:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await post(http)
-            error = await domain_error(http, url)
+    async with tcp_server(garble) as url, client_for(url) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(http)
+        error = await domain_error(http, url)
     assert type(error) is UnknownResultError
 
 
@@ -273,7 +274,7 @@ async def test_token_and_updatestatus_share_one_pool_and_succeed(server: Simulat
     tokens = StableTokenProvider(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=server.base_url)
     async with WeChatClient(tokens, base_url=server.base_url, client=http, owns_client=True, owns_tokens=True) as client:
         results = await asyncio.gather(*(update(client, code=str(2000 + i)) for i in range(20)))
-    assert all(r.errcode == 0 for r in results)  # type: ignore[attr-defined]
+    assert all(r.errcode == 0 for r in results)
     assert len(sim.token_calls()) == 1
     assert sim.card_status(DEMO_APPID, CARD_ID, "2019") is ReimburseStatus.LOCK
 
@@ -286,4 +287,4 @@ async def test_a_token_endpoint_reset_is_transient_and_names_no_secret(server: S
         with pytest.raises(TransientWeChatError) as caught:
             await update(client)
         assert DEMO_SECRET not in str(caught.value) and caught.value.__context__ is None
-        assert (await update(client)).errcode == 0  # type: ignore[attr-defined]
+        assert (await update(client)).errcode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 
 import pytest
 from aiokafka.consumer import fetcher
@@ -48,14 +49,14 @@ def restored() -> Iterator[None]:
     (kafka_records.install if was else kafka_records.uninstall)()
 
 
-def records(n: int, bad: set[int] = frozenset(), start: int = 0) -> list[tuple[bytes, bytes, list[tuple[str, bytes | None]]]]:  # type: ignore[assignment]
+def records(n: int, bad: AbstractSet[int] = frozenset(), start: int = 0) -> list[tuple[bytes, bytes, list[tuple[str, bytes | None]]]]:
     return [
         (f"k{start + i}".encode(), f"v{start + i}".encode(), [(BAD_KEY_MARKER if i in bad else "content-type", b"application/json")])
         for i in range(n)
     ]
 
 
-def drain(buffer: bytes, fetch_offset: int = 0) -> tuple[list[ConsumerRecord], int]:  # type: ignore[type-arg]
+def drain(buffer: bytes, fetch_offset: int = 0) -> tuple[list[ConsumerRecord], int]:
     partition_records = fetcher.PartitionRecords(TP, fetcher.MemoryRecords(buffer), [], fetch_offset, None, None, True, 0)
     out = list(partition_records)
     return out, partition_records.next_fetch_offset

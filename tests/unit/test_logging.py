@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 from adapters.logging import (
     MASK,
     NOISY_LOGGERS,
-    bind_invoice,
     configure_logging,
     forget_secret,
     get_logger,
@@ -24,7 +23,6 @@ from adapters.logging import (
     register_secret,
 )
 from domain.errors import ConfigurationError
-
 
 # configure_logging changes process-wide state: tests/conftest.py's
 # restore_logging puts it back after each test here.
@@ -49,7 +47,7 @@ def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def redact(**event_dict: Any) -> dict[str, Any]:
+def redact(**event_dict: Any) -> MutableMapping[str, Any]:
     return redact_secrets(None, "info", event_dict)
 
 
@@ -73,10 +71,10 @@ def test_json_format_renders_one_object_per_line_with_level_timestamp_event_and_
     assert second["level"] == "warning"
 
 
-def test_bind_invoice_adds_the_invoice_key_only_inside_the_block() -> None:
+def test_bound_context_adds_the_invoice_key_only_inside_the_block() -> None:
     stream = configured("json")
     log = get_logger()
-    with bind_invoice("pjZ8/186921658591"):
+    with structlog.contextvars.bound_contextvars(invoice="pjZ8/186921658591"):
         log.info("inside")
     log.info("outside")
 
@@ -108,7 +106,7 @@ def test_exceptions_are_rendered_into_the_json_line() -> None:
 
 def test_console_format_renders_a_readable_line_without_colours_on_a_non_tty() -> None:
     stream = configured("console")
-    with bind_invoice("c/1"):
+    with structlog.contextvars.bound_contextvars(invoice="c/1"):
         get_logger("svc").info("started", port=8080)
 
     out = stream.getvalue()
@@ -156,7 +154,7 @@ def test_a_wrong_format_or_level_is_a_configuration_error_naming_the_setting(fmt
 
 def test_stdlib_lines_go_through_the_same_renderer_with_context_and_logger_name() -> None:
     stream = configured("json")
-    with bind_invoice("c/2"):
+    with structlog.contextvars.bound_contextvars(invoice="c/2"):
         logging.getLogger("aiokafka.consumer").error("coordinator %s dead", "node-1")
 
     (line,) = json_lines(stream)

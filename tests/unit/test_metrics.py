@@ -172,7 +172,7 @@ async def test_async_readiness_checks_are_refused(server: HealthServer) -> None:
         return True
 
     with pytest.raises(TypeError, match="plain function"):
-        server.add_readiness_check("async", check)  # type: ignore[arg-type]
+        server.add_readiness_check("async", check)  # type: ignore[arg-type]  # an async check, refused on purpose
 
 
 async def test_port_zero_binds_a_free_port_and_stop_releases_it() -> None:
@@ -196,5 +196,5 @@ async def test_port_zero_binds_a_free_port_and_stop_releases_it() -> None:
 async def test_a_second_server_on_a_taken_port_fails_to_start(server: HealthServer) -> None:
     other = HealthServer(Metrics(), port=server.port)
 
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"(?i)address already in use"):
         await other.start()

@@ -1,14 +1,15 @@
-"""``replay``'s pure parts: option parsing and deciding records as the processor does."""
+"""``replay``'s pure parts: option parsing, and deciding records with the processor's loop into its stores."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from adapters.wire import decode_event
-from consumers.replay import ReplayStore, decide_records, parse_offsets, parse_time
+from consumers.replay import ReplayStore, count_decisions, parse_offsets, parse_time
 from domain.decide import fold
 from domain.errors import ConfigurationError
 from domain.model import DecisionKind
@@ -32,16 +33,18 @@ def test_times_without_a_zone_are_utc() -> None:
         parse_time("yesterday")
 
 
-def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reason() -> None:
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "rocksdb"])
+def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reason(on_disk: bool, tmp_path: Path) -> None:
     events = list(random_stream(3000, 100, seed=3))
     records = [SimpleNamespace(key=k, value=v, headers=[]) for k, v in map(encode, events)]
     bad = malformed_cases()
     records += [SimpleNamespace(key=k, value=v, headers=h) for _, k, v, h, _ in bad]
-    store = ReplayStore(None)
+    store = ReplayStore(tmp_path if on_disk else None)
     states = store.partition(0)
     by_kind = {k.value: 0 for k in DecisionKind}
     invalid: dict[str, int] = {}
-    decide_records(records, states, by_kind, invalid, max_bytes=65536, now="2026-11-23T10:00:00Z")
+    count_decisions(records, states, by_kind, invalid, max_bytes=65536, now="2026-11-23T10:00:00Z")
+    states.commit(len(records))
 
     expected = fold(decode_event(*encode(ev)) for ev in events)
     rebuilt = {s.key: s for _, s in store.items()}
@@ -53,3 +56,4 @@ def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reas
     for *_, reason in bad:
         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
     assert invalid == expected_reasons
+    store.close()

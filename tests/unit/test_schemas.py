@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import jsonschema
@@ -72,7 +73,7 @@ def test_asyncapi_document_is_valid_against_the_official_asyncapi_3_schema(offic
         lambda d: d.update(asyncapi="2.6.0"),
     ],
 )
-def test_the_official_schema_refuses_a_broken_document(official: jsonschema.Draft7Validator, break_it) -> None:  # type: ignore[no-untyped-def]
+def test_the_official_schema_refuses_a_broken_document(official: jsonschema.Draft7Validator, break_it) -> None:
     doc = _asyncapi()
     break_it(doc)
     assert not official.is_valid(doc)
@@ -81,7 +82,8 @@ def test_the_official_schema_refuses_a_broken_document(official: jsonschema.Draf
 def test_asyncapi_names_every_topic_and_its_schema() -> None:
     doc = _asyncapi()
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {"invoice.events", "invoice.outcomes", "invoice.state", "invoice.deliveries", "invoice.events.dlq"}
+    assert addresses == {"invoice.events", "invoice.outcomes", "invoice.state", "invoice.deliveries", "invoice.events.dlq",
+                         "invoice.wechat.component", "invoice.deliveries.waiting"}
     for message in doc["components"]["messages"].values():
         for part in ("payload", "headers"):
             if part not in message:
@@ -118,7 +120,9 @@ def test_asyncapi_operations_say_what_each_service_reads_and_writes() -> None:
     assert by_service == {
         "processor": {("receive", "invoice.events"), ("send", "invoice.outcomes"), ("send", "invoice.state"),
                       ("send", "invoice.events.dlq")},
-        "deliverer": {("receive", "invoice.outcomes"), ("send", "invoice.deliveries")},
+        "webhook": {("send", "invoice.events"), ("send", "invoice.wechat.component")},
+        "deliverer": {("receive", "invoice.wechat.component"), ("receive", "invoice.outcomes"), ("send", "invoice.deliveries"),
+                      ("send", "invoice.deliveries.waiting"), ("receive", "invoice.deliveries.waiting")},
     }
 
 
@@ -128,7 +132,7 @@ def _headers_validator(message: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _as_strings(headers: list[tuple[str, bytes | None]]) -> dict[str, str]:
+def _as_strings(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     return {k: (v or b"").decode() for k, v in headers}
 
 
@@ -147,7 +151,7 @@ def test_dlq_headers_schema_describes_what_the_processor_writes() -> None:
                              headers=[("trace", b"t-1")])
     validator = _headers_validator("dlq")
     for limit in (1_000_000, 2_000):  # kept whole, then cut to fit
-        _, value, headers, truncated = wire.dlq_copy(
+        _, _, headers, truncated = wire.dlq_copy(
             record, InvalidEventError("not_json", "bad"), "not_json", "2026-11-23T10:00:00Z", max_record_bytes=limit
         )
         validator.validate(_as_strings(headers))
@@ -165,7 +169,7 @@ def test_binary_mode_headers_schema_requires_the_ce_attributes() -> None:
 
 
 def test_schemas_write_then_check_and_the_help_names_the_json_file(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from consumers.cli import main
 

@@ -9,6 +9,7 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -23,8 +24,7 @@ import httpx
 import msgspec
 import pytest
 
-from domain.status import ReimburseStatus as S
-from simulator import (
+from devtools.simulator import (
     DEMO_APPID,
     DEMO_AUTHORIZER_APPIDS,
     DEMO_COMPONENT_APPID,
@@ -37,6 +37,7 @@ from simulator import (
     WeChatSimulator,
     token_fingerprint,
 )
+from domain.status import ReimburseStatus as S
 
 UPDATE = "/card/invoice/platform/updatestatus"
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,7 +304,7 @@ def test_legal_moves_and_refusals(client: httpx.Client, sim: WeChatSimulator) ->
 
 def test_bad_bodies(client: httpx.Client) -> None:
     tok = token(client)
-    post = lambda **kw: client.post(UPDATE, params={"access_token": tok}, **kw)  # noqa: E731
+    post = functools.partial(client.post, UPDATE, params={"access_token": tok})
     assert errcode(post(content=b"not json")) == 47001
     assert errcode(post(json=["a"])) == 47001
     assert errcode(post(json={"card_id": "c", "code": "1"})) == 72031
@@ -440,11 +441,11 @@ def test_token_endpoint_faults(client: httpx.Client, sim: WeChatSimulator) -> No
 
 
 def test_bad_fault_rules_are_refused(sim: WeChatSimulator) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs 'errcode'"):
         sim.add_fault("errcode")  # no errcode
-    with pytest.raises(ValueError):
-        sim.add_fault("explode")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad fault rule"):
+        sim.add_fault("explode")  # type: ignore[arg-type]  # a kind that does not exist, on purpose
+    with pytest.raises(ValueError, match="unknown setting"):
         sim.configure(latency_msec=3)
 
 
@@ -571,7 +572,7 @@ def test_stop_does_not_wait_for_a_held_request() -> None:
 def test_cli_serves_until_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--port", "0", "--latency-ms", "1", "--account", "wxabc:s3cret"],
+        [sys.executable, "-m", "devtools.simulator", "--port", "0", "--latency-ms", "1", "--account", "wxabc:s3cret"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

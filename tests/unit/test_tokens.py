@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -79,14 +80,14 @@ class TokenServer:
         return httpx.AsyncClient(transport=httpx.MockTransport(self))
 
 
-def stable(server: TokenServer, clock: FakeClock | None = None, **kwargs: object) -> StableTokenProvider:
+def stable(server: TokenServer, clock: FakeClock | None = None, **kwargs: Any) -> StableTokenProvider:
     return StableTokenProvider(
         server.client(),
         appid=APPID,
         secret=SecretStr(SECRET),
         base_url=BASE,
         clock=clock or FakeClock(),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -397,7 +398,7 @@ class ComponentServer:
         return [json.loads(r.content) for r in self.requests if r.url.path.endswith("api_authorizer_token")]
 
 
-def component_provider(server: ComponentServer, **kwargs: object) -> ComponentTokenProvider:
+def component_provider(server: ComponentServer, **kwargs: Any) -> ComponentTokenProvider:
     return ComponentTokenProvider(
         httpx.AsyncClient(transport=httpx.MockTransport(server)),
         component_appid=COMPONENT_APPID,
@@ -406,7 +407,7 @@ def component_provider(server: ComponentServer, **kwargs: object) -> ComponentTo
         refresh_tokens={"wxa": SecretStr("refresh-wxa-0"), "wxb": SecretStr("refresh-wxb-0")},
         base_url=BASE,
         clock=FakeClock(),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -561,9 +562,9 @@ def test_external_command_that_does_not_exist_fails_at_construction() -> None:
         ({"wechat_token_mode": "external", "wechat_token_url": "https://tokens.internal/t"}, ExternalTokenProvider),
     ],
 )
-def test_build_token_provider_selects_the_mode(overrides: dict[str, object], expected: type) -> None:
+def test_build_token_provider_selects_the_mode(overrides: dict[str, Any], expected: type) -> None:
     with capture_logs():
-        provider = build_token_provider(Settings(**overrides), httpx.AsyncClient())  # type: ignore[arg-type]
+        provider = build_token_provider(Settings(**overrides), httpx.AsyncClient())
     assert type(provider) is expected
     assert provider.mode == overrides["wechat_token_mode"]
 

@@ -11,7 +11,8 @@ from domain.errors import ConfigurationError
 
 def test_the_default_table_keeps_events_forever_and_compacts_state() -> None:
     table = {spec.role: spec for spec in topic_table(Settings.model_construct())}
-    assert list(table) == ["events", "outcomes", "state", "deliveries", "dlq"]
+    assert list(table) == ["events", "outcomes", "state", "deliveries", "waiting", "dlq", "component"]
+    assert table["component"].name == "invoice.wechat.component" and table["component"].cleanup == "compact"
     assert table["events"].name == "invoice.events" and table["events"].retention_ms == -1
     assert table["events"].configs() == {
         "cleanup.policy": "delete", "min.insync.replicas": "1", "retention.ms": "-1", "retention.bytes": "-1",
@@ -71,7 +72,7 @@ def test_compare_names_every_setting_that_differs() -> None:
     settings = load_settings()
     cluster = _as_created(settings)
     del cluster["invoice.events.dlq"]
-    cluster["invoice.events"]["configs"] = {**cluster["invoice.events"]["configs"], "retention.ms": "604800000"}  # type: ignore[dict-item]
+    cluster["invoice.events"]["configs"] = {**cluster["invoice.events"]["configs"], "retention.ms": "604800000"}  # type: ignore[dict-item]  # the fixture types its values as object
     cluster["invoice.state"].update(partitions=3, configs={"cleanup.policy": "delete"})
     cluster["invoice.outcomes"]["replication_factor"] = 2
     found = compare(topic_table(settings), cluster)

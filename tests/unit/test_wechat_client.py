@@ -188,9 +188,9 @@ async def test_token_error_twice_raises_token_invalid_after_exactly_two_calls() 
     [0.01, 0.05],  # both 40001s before the refresh, or the second after it (must not drop the new token)
 )
 async def test_concurrent_token_errors_with_the_same_token_cause_one_refresh(second_delay_s: float) -> None:
-    stale_then_ok: Callable[[httpx.Request], httpx.Response] = lambda request: (  # noqa: E731
-        errcode(40001) if request.url.params["access_token"] == "ACCESS-TOKEN-1" else errcode(0, "ok")
-    )
+    def stale_then_ok(request: httpx.Request) -> httpx.Response:
+        return errcode(40001) if request.url.params["access_token"] == "ACCESS-TOKEN-1" else errcode(0, "ok")
+
     fake = FakeWeChat(answers=[stale_then_ok] * 4, token_delay_s=0.01, update_delays=[0.01, second_delay_s])
     async with make_client(fake) as client:
         await client.tokens.get(APPID)
@@ -296,9 +296,9 @@ async def test_no_log_line_carries_the_token_or_secret() -> None:
 
 
 async def test_an_errmsg_echoing_the_token_is_scrubbed() -> None:
-    echo: Callable[[httpx.Request], httpx.Response] = lambda request: errcode(  # noqa: E731
-        40003, f"bad openid for {request.url.params['access_token']}"
-    )
+    def echo(request: httpx.Request) -> httpx.Response:
+        return errcode(40003, f"bad openid for {request.url.params['access_token']}")
+
     fake = FakeWeChat(answers=[echo])
     async with make_client(fake) as client:
         with pytest.raises(PermanentWeChatError) as caught:
@@ -311,7 +311,7 @@ async def test_an_errmsg_echoing_the_token_is_scrubbed() -> None:
 
 async def test_from_settings_builds_a_working_client_and_closes_its_pool() -> None:
     fake = FakeWeChat()
-    settings = Settings(wechat_base_url=BASE, wechat_appid=APPID, wechat_secret=SECRET)  # type: ignore[arg-type]
+    settings = Settings(wechat_base_url=BASE, wechat_appid=APPID, wechat_secret=SECRET)  # type: ignore[arg-type]  # pydantic makes the SecretStr
     client = WeChatClient.from_settings(settings, transport=httpx.MockTransport(fake))
     async with client:
         assert (await update(client)).errcode == 0

@@ -68,7 +68,7 @@ def test_state_round_trips_through_its_wire_form() -> None:
 
 def test_content_type_decides_the_mode_over_a_stray_ce_header() -> None:
     key, value = encode(event(*card(5), S.LOCK, event_id="e-5"))
-    headers = [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()), ("ce_specversion", b"1.0")]
+    headers: list[tuple[str, bytes | None]] = [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()), ("ce_specversion", b"1.0")]
     assert wire.decode_event(key, value, headers).event_id == "e-5"
 
 
@@ -111,3 +111,142 @@ def test_every_event_type_of_the_table_decodes_to_its_status_and_origin(event_ty
     decoded = wire.decode_event(*encode(ev))
     assert decoded.requested_status is (target or S.CANCEL)
     assert decoded.origin is EVENT_TYPE_ORIGINS[event_type]
+
+
+# ------------------------------------------------------------- hot-path codecs
+
+
+@pytest.mark.parametrize("field", ["id", "card_id", "time"])
+def test_an_invalid_earlier_duplicate_of_a_checked_field_is_refused(field: str) -> None:
+    """The last duplicate wins, but every occurrence is checked: a faster
+    decoder that only checked the surviving value would accept these (a
+    pattern-free decode plus regex checks did, and was dropped for it)."""
+    ev = event(*card(11), S.LOCK)
+    key = f"{ev['data']['card_id']}/{ev['data']['code']}".encode()
+    bad = {"id": "e-1\\n", "card_id": "c\\n", "time": "2026-11-23T10:00:00Z\\n"}[field]  # JSON escapes of a newline
+    text = encode(ev)[1].decode()
+    if field == "card_id":
+        text = text.replace('"card_id"', f'"card_id": "{bad}", "card_id"', 1)
+    else:
+        text = text.replace("{", f'{{"{field}": "{bad}", ', 1)
+    with pytest.raises(InvalidEventError) as info:
+        wire.decode_event(key, text.encode())
+    assert info.value.reason == ("invalid_data" if field == "card_id" else "not_cloudevent"), str(info.value)
+
+
+def test_state_is_encoded_as_the_state_record_it_stands_for() -> None:
+    """``encode_state`` builds its ``StateRecord`` positionally from the state's fields."""
+    import msgspec
+
+    from domain.model import InvoiceState
+
+    state = InvoiceState("c", "1", S.CLOSURE, 7, "wx1", None, ("a", "b\"c"))
+    record = msgspec.json.decode(wire.encode_state(state), type=wire.StateRecord)
+    assert record == wire.StateRecord(
+        card_id="c", code="1", status=S.CLOSURE, version=7, appid="wx1", recent_event_ids=["a", "b\"c"], updated_at=None
+    )
+    assert set(msgspec.json.decode(wire.encode_state(state))) == set(wire.StateRecord.__struct_fields__)
+    assert wire.StateRecord.__struct_fields__[:7] == (
+        "card_id", "code", "status", "version", "appid", "recent_event_ids", "updated_at"
+    )
+
+
+def test_outcome_fields_are_in_the_order_outcome_bytes_passes_them() -> None:
+    # outcome_bytes builds both structs positionally: a field moved here would
+    # silently put a value under another name.
+    assert wire.OutcomeData.__struct_fields__[:17] == (
+        "card_id", "code", "appid", "event_id", "event_type", "from_status", "requested_status", "version",
+        "processed_at", "to_status", "reason", "trigger", "source_partition", "source_offset", "event_time",
+        "origin", "legal",
+    )
+    assert wire.OutcomeEvent.__struct_fields__[:7] == ("specversion", "id", "source", "type", "time", "subject", "data")
+
+
+# ------------------------------------------------------------------ deliveries
+
+
+def _delivery(result: str = "delivered", **changes: object) -> wire.DeliveryRecord:
+    import msgspec
+
+    record = wire.DeliveryRecord(
+        idempotency_key="c1/1#2", card_id="c1", code="1", appid="wx1", reimburse_status=S.LOCK, version=2,
+        result=result, errcode=0, errmsg="ok", attempts=1, outcome_id="t.outcomes/0/5",  # type: ignore[arg-type]  # result: a plain str, written like the enum
+        first_attempt_at="2026-12-02T10:00:00.000Z", completed_at="2026-12-02T10:00:00.120Z", duration_ms=120.0,
+    )
+    return msgspec.structs.replace(record, **changes)
+
+
+def test_a_delivery_record_is_a_cloudevent_whose_data_is_the_record() -> None:
+    import json
+
+    from domain.delivery import FinalReason
+
+    record = _delivery("failed", errcode=-1, errmsg="no credentials for wx1", reason=FinalReason.NO_CREDENTIALS)
+    value = wire.delivery_bytes(record)
+    event = json.loads(value)
+    assert {k: event[k] for k in ("specversion", "type", "source", "subject", "time", "datacontenttype")} == {
+        "specversion": "1.0", "type": "invoice.delivery.recorded", "source": "/invoice-sm/deliverer",
+        "subject": "c1/1", "time": "2026-12-02T10:00:00.120Z", "datacontenttype": "application/json",
+    }
+    assert event["id"] == "c1/1#2@failed"
+    assert event["data"]["reason"] == "no_credentials" and event["data"]["idempotency_key"] == "c1/1#2"
+    assert wire.decode_delivery(value) == record
+    wire.validate_produced(value, "delivery")
+    assert dict(wire.DELIVERY_HEADERS) == {"content-type": b"application/cloudevents+json"}
+
+
+def test_the_same_delivery_committed_again_is_the_same_event() -> None:
+    import json
+
+    assert wire.delivery_bytes(_delivery()) == wire.delivery_bytes(_delivery())
+    from domain.delivery import DeliveryResult
+
+    ids = {json.loads(wire.delivery_bytes(_delivery(result)))["id"] for result in (DeliveryResult.DELIVERED, "conflict")}
+    assert ids == {"c1/1#2@delivered", "c1/1#2@conflict"}
+
+
+def test_deliveries_written_before_they_were_cloudevents_are_still_read() -> None:
+    import msgspec
+
+    record = _delivery()
+    assert wire.decode_delivery(wire.encode(record)) == record  # reconcile reads 30 days of the topic
+    with pytest.raises(msgspec.DecodeError):
+        wire.decode_delivery(b'{"specversion": "1.0", "type": "invoice.delivery.recorded"}')
+    with pytest.raises(msgspec.DecodeError):
+        wire.decode_delivery(b"not json")
+
+
+def test_delivery_events_validate_against_the_checked_in_schema() -> None:
+    import json
+
+    import jsonschema
+
+    import schemas
+
+    validator = jsonschema.Draft202012Validator(schemas.load("delivery"))
+    validator.validate(json.loads(wire.delivery_bytes(_delivery())))
+    record_schema = schemas.load("delivery")["$defs"]["DeliveryRecord"]
+    assert "reason" in record_schema["properties"] and "reason" not in record_schema.get("required", [])
+    assert not validator.is_valid(json.loads(wire.encode(_delivery())))  # the plain record is not the topic's shape
+    bad = json.loads(wire.delivery_bytes(_delivery()))
+    bad["data"]["reason"] = "because"
+    assert not validator.is_valid(bad)
+
+
+def test_the_cloudevents_sdk_reads_a_delivery() -> None:
+    from cloudevents.core.bindings import kafka as core_kafka
+    from cloudevents.core.formats.json import JSONFormat
+
+    value = wire.delivery_bytes(_delivery())
+    message = core_kafka.KafkaMessage(headers=dict(wire.DELIVERY_HEADERS), key=b"c1/1", value=value)
+    event = core_kafka.from_structured(message, JSONFormat())
+    assert (event.get_type(), event.get_id(), event.get_subject()) == ("invoice.delivery.recorded", "c1/1#2@delivered", "c1/1")
+    data = event.get_data()
+    assert isinstance(data, dict) and data["result"] == "delivered"
+
+
+def test_a_plain_delivery_record_is_not_what_the_deliverer_may_produce() -> None:
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError):
+        wire.validate_produced(wire.encode(_delivery()), "delivery")

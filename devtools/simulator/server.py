@@ -1,5 +1,5 @@
 """The WeChat simulator's HTTP side: an aiohttp app, a background-thread
-server for tests, and the ``python -m simulator`` command.
+server for tests, and the ``python -m devtools wechat-sim`` command.
 
 WeChat-like endpoints (JSON answers with errcode/errmsg, HTTP 200 unless a
 fault says otherwise):
@@ -22,6 +22,16 @@ Control API (never faulted, no authentication: loopback test tool only):
 * ``POST /_sim/quota/reset`` ``{"appid"?, "which"?: "daily"|"minute"|"both"}``
 * ``POST /_sim/tokens/invalidate`` ``{"appid"?}``, ``POST /_sim/tokens/expire`` ``{"appid"?}``
 * ``POST /_sim/reset`` ``{"tokens"?: bool}``
+* Pushes (``devtools.simulator.pushes``): ``POST /_sim/pushes/config``
+  ``{"events_url","component_url","token","encoding_aes_key","appid","component_appid","mode",
+  "retries","answer_timeout_s"}``; ``GET /_sim/pushes`` (every attempt), ``DELETE /_sim/pushes``
+* ``POST /_sim/reimburse`` ``{"appid","card_id","code","reimburse_status","wait"?}``: a
+  reimburser's lock/unlock/close; applied under WeChat's rules, then pushed
+* ``POST /_sim/clock/advance`` ``{"seconds","wait"?}``: simulated time; a verify ticket
+  due (every 10 simulated minutes) is rotated and pushed. A background check does the
+  same every second of real time.
+* ``POST /_sim/authorizers/{appid}/unauthorize`` and ``.../authorize`` ``{"wait"?}``:
+  revoke or grant, then push ``unauthorized`` / ``authorized``
 
 The access log is off: request lines carry ``access_token`` in the query
 string, and tokens must never reach a log.
@@ -42,7 +52,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from simulator.state import (
+from devtools.simulator.pushes import PushConfig, Pusher
+from devtools.simulator.state import (
     AUTHORIZER_TOKEN_PATH,
     COMPONENT_TOKEN_PATH,
     DEFAULT_ACCOUNTS,
@@ -60,6 +71,10 @@ SIM_KEY: web.AppKey[WeChatSimulator] = web.AppKey("wechat_simulator", WeChatSimu
 #: Handler tasks sleeping for a latency or timeout fault; cancelled on
 #: shutdown so that stopping never waits for a 30 s hold.
 SLEEPERS_KEY: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("wechat_simulator_sleepers", set)
+PUSHER_KEY: web.AppKey[Pusher] = web.AppKey("wechat_simulator_pusher", Pusher)
+ROTATION_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("wechat_simulator_rotation", asyncio.Task)
+#: How often (real seconds) the simulator looks for a verify ticket due.
+ROTATION_CHECK_S = 1.0
 
 #: How long ``stop()`` lets in-flight requests finish (a "timeout" fault may
 #: be holding one for 30 s) before they are cancelled.
@@ -130,7 +145,7 @@ async def _sleep(request: web.Request, seconds: float) -> None:
 
 
 async def _cancel_sleepers(app: web.Application) -> None:
-    for task in list(app[SLEEPERS_KEY]):
+    for task in list(app[SLEEPERS_KEY]):  # type: ignore[index]  # aiohttp's AppKey typing is invariant
         task.cancel()
 
 
@@ -142,7 +157,7 @@ def _reset_connection(request: web.Request) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        try:  # noqa: SIM105  # kept explicit beside the comment below
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         except OSError:  # pragma: no cover - already closed
             pass
@@ -182,17 +197,37 @@ async def authorizer_token(request: web.Request) -> web.StreamResponse:
     )
 
 
+#: Calls still processed after their client went away (``finish_abandoned``).
+_ABANDONED: set[asyncio.Future[web.StreamResponse]] = set()
+
+
 async def updatestatus(request: web.Request) -> web.StreamResponse:
     sim = request.app[SIM_KEY]
     access_token = request.query.get("access_token")
     raw = await request.read()
     idem = request.headers.get("Idempotency-Key")
-    return await _run(
-        request,
-        sim.appid_for_token(access_token),
-        lambda fault: sim.update_status(access_token, raw, idem, fault=fault),
-        extra_latency_s=sim.latency_s,
-    )
+    card = sim.call_arrived(raw, idem)
+
+    async def processed() -> web.StreamResponse:
+        try:
+            return await _run(
+                request,
+                sim.appid_for_token(access_token),
+                lambda fault: sim.update_status(access_token, raw, idem, fault=fault),
+                extra_latency_s=sim.latency_s,
+            )
+        finally:
+            # Answered, failed, or abandoned by the client (handler cancelled).
+            sim.call_ended(card, idem)
+
+    if not sim.finish_abandoned:
+        return await processed()
+    # Like a real server: a client that goes away (killed mid-call) does not
+    # stop the call from being applied; the handler's cancellation stops at the shield.
+    work = asyncio.ensure_future(processed())
+    _ABANDONED.add(work)
+    work.add_done_callback(_ABANDONED.discard)
+    return await asyncio.shield(work)
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +257,7 @@ def _since(request: web.Request) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "since must be an integer"}', content_type="application/json")
+        raise web.HTTPBadRequest(text='{"error": "since must be an integer"}', content_type="application/json")  # noqa: B904  # the HTTP error replaces the parse error on purpose
 
 
 async def sim_health(request: web.Request) -> web.Response:
@@ -338,12 +373,120 @@ async def sim_reset(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+async def sim_push_config(request: web.Request) -> web.Response:
+    body = await _body(request)
+    try:
+        request.app[PUSHER_KEY].configure(msgspec.convert(body, PushConfig))
+    except (msgspec.ValidationError, ValueError) as exc:
+        return _bad(exc)
+    return _json({"ok": True})
+
+
+async def sim_pushes(request: web.Request) -> web.Response:
+    return _json({"pushes": request.app[PUSHER_KEY].attempts()})
+
+
+async def sim_clear_pushes(request: web.Request) -> web.Response:
+    request.app[PUSHER_KEY].clear()
+    return _json({"ok": True})
+
+
+async def _pushed(request: web.Request, push_ids: list[int], wait: bool, **extra: Any) -> web.Response:
+    pusher = request.app[PUSHER_KEY]
+    delivered = [await pusher.wait(i) for i in push_ids] if wait else None
+    return _json({"push_ids": push_ids, "delivered": delivered, **extra})
+
+
+async def sim_reimburse(request: web.Request) -> web.Response:
+    body = await _body(request)
+    sim, pusher = request.app[SIM_KEY], request.app[PUSHER_KEY]
+    try:
+        appid, card_id, code = str(body["appid"]), str(body["card_id"]), str(body["code"])
+        status = str(body["reimburse_status"])
+        answer = sim.reimburse(appid, card_id, code, status)
+    except (KeyError, TypeError, ValueError) as exc:
+        return _bad(exc if not isinstance(exc, KeyError) else ValueError(f"missing {exc}"))
+    if answer["errcode"] != 0:
+        return _json(answer)  # refused as WeChat refuses it: nothing changed, nothing pushed
+    try:
+        push_id = pusher.status_push(card_id, code, status)
+    except LookupError as exc:
+        return _json({**answer, "push_ids": [], "warning": str(exc)})
+    return await _pushed(request, [push_id], bool(body.get("wait")), **answer)
+
+
+def _rotate_due(app: web.Application) -> list[int]:
+    sim, pusher = app[SIM_KEY], app[PUSHER_KEY]
+    ids = []
+    for component_appid in sim.tickets_due():
+        ticket = sim.rotate_ticket(component_appid)
+        if pusher.config is not None and pusher.config.component_url:
+            ids.append(pusher.component_push("component_verify_ticket", component_appid, ComponentVerifyTicket=ticket))
+    return ids
+
+
+async def sim_advance_clock(request: web.Request) -> web.Response:
+    body = await _body(request)
+    try:
+        now = request.app[SIM_KEY].advance_clock(float(body["seconds"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        return _bad(exc if not isinstance(exc, KeyError) else ValueError(f"missing {exc}"))
+    return await _pushed(request, _rotate_due(request.app), bool(body.get("wait")), now=now)
+
+
+async def _authorization(request: web.Request, revoke: bool) -> web.Response:
+    body = await _body(request)
+    sim, pusher = request.app[SIM_KEY], request.app[PUSHER_KEY]
+    appid = request.match_info["appid"]
+    try:
+        component_appid = sim.unauthorize(appid) if revoke else sim.authorize(appid)
+    except KeyError:
+        return _json({"error": f"unknown authorizer {appid}"}, status=404)
+    info_type = "unauthorized" if revoke else "authorized"
+    extra: dict[str, str | int] = {"AuthorizerAppid": appid}
+    if not revoke:
+        extra.update(AuthorizationCode=f"queryauthcode@@@{appid}", AuthorizationCodeExpiredTime=int(sim.now()) + 3600,
+                     PreAuthCode=f"preauthcode@@@{appid}")
+    try:
+        push_id = pusher.component_push(info_type, component_appid, **extra)
+    except LookupError as exc:
+        return _json({"ok": True, "push_ids": [], "warning": str(exc)})
+    return await _pushed(request, [push_id], bool(body.get("wait")), ok=True)
+
+
+async def sim_unauthorize(request: web.Request) -> web.Response:
+    return await _authorization(request, revoke=True)
+
+
+async def sim_authorize(request: web.Request) -> web.Response:
+    return await _authorization(request, revoke=False)
+
+
+async def _rotation_loop(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(ROTATION_CHECK_S)
+        _rotate_due(app)
+
+
+async def _start_rotation(app: web.Application) -> None:
+    app[ROTATION_KEY] = asyncio.get_running_loop().create_task(_rotation_loop(app))
+
+
+async def _stop_rotation(app: web.Application) -> None:
+    app[ROTATION_KEY].cancel()
+    await asyncio.gather(app[ROTATION_KEY], return_exceptions=True)
+    app[PUSHER_KEY].cancel_all()
+
+
 def build_app(sim: WeChatSimulator) -> web.Application:
     """The aiohttp application serving ``sim``."""
     app = web.Application(client_max_size=1024 * 1024)
     app[SIM_KEY] = sim
     app[SLEEPERS_KEY] = set()
+    app[PUSHER_KEY] = Pusher(sim.now)
     app.on_shutdown.append(_cancel_sleepers)
+    app.on_startup.append(_start_rotation)
+    app.on_shutdown.append(_stop_rotation)
     app.router.add_get(TOKEN_PATH, token)
     app.router.add_post(STABLE_TOKEN_PATH, stable_token)
     app.router.add_post(COMPONENT_TOKEN_PATH, component_token)
@@ -367,6 +510,13 @@ def build_app(sim: WeChatSimulator) -> web.Application:
     r.add_post("/_sim/tokens/invalidate", sim_invalidate)
     r.add_post("/_sim/tokens/expire", sim_expire)
     r.add_post("/_sim/reset", sim_reset)
+    r.add_post("/_sim/pushes/config", sim_push_config)
+    r.add_get("/_sim/pushes", sim_pushes)
+    r.add_delete("/_sim/pushes", sim_clear_pushes)
+    r.add_post("/_sim/reimburse", sim_reimburse)
+    r.add_post("/_sim/clock/advance", sim_advance_clock)
+    r.add_post("/_sim/authorizers/{appid}/unauthorize", sim_unauthorize)
+    r.add_post("/_sim/authorizers/{appid}/authorize", sim_authorize)
     return app
 
 
@@ -447,7 +597,7 @@ class SimulatorServer:
         if thread is None:
             return
         if loop is not None and stop is not None and not loop.is_closed():
-            try:
+            try:  # noqa: SIM105  # kept explicit
                 loop.call_soon_threadsafe(stop.set)
             except RuntimeError:  # loop already closed
                 pass
@@ -465,7 +615,7 @@ class SimulatorServer:
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
-        except BaseException as exc:  # reported through start()
+        except BaseException as exc:  # reported through start()  # noqa: BLE001  # a push attempt must never kill the pusher
             self._error = exc
             self._ready.set()
         finally:
@@ -520,7 +670,7 @@ def _account(value: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m simulator",
+        prog="python -m devtools wechat-sim",
         description="WeChat simulator: tokens and card/invoice/platform/updatestatus on loopback, "
         "with a control API under /_sim/.",
     )
@@ -541,7 +691,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulator`` (and ``invoice-sm wechat-sim``). Runs until
+    """``python -m devtools wechat-sim`` (and ``python -m devtools.simulator``). Runs until
     SIGTERM/SIGINT, then shuts down cleanly and returns 0."""
     args = _parser().parse_args(list(argv) if argv is not None else None)
     accounts = {} if args.no_demo_accounts else dict(DEFAULT_ACCOUNTS)

@@ -1,6 +1,6 @@
 """The WeChat simulator's state and rules, with no I/O.
 
-``WeChatSimulator`` decides every answer; ``simulator.server`` only moves
+``WeChatSimulator`` decides every answer; ``devtools.simulator.server`` only moves
 bytes, sleeps and drops connections on its behalf. Keeping the decisions here
 means tests can drive the rules directly and the HTTP layer stays thin.
 
@@ -22,9 +22,10 @@ Choices where WeChat is undocumented or where the simulator simplifies
   ``reimburse_status``, or a ``reimburse_status`` that is not one of the four
   -> 72031 ("invalid params", the e-invoice API's own parameter error). 40099
   was not used: WeChat means "code already consumed" by it.
-* Transitions (from ``domain.lifecycle.LEGAL_MOVES``): same status again ->
-  72024; from CLOSURE or CANCEL -> 72024; INIT -> CLOSURE -> 72039;
-  LOCK -> CANCEL -> 72023 only when ``refuse_lock_to_cancel``. A card unknown
+* Transitions: ``domain.wechat_rules.wechat_answer`` (the rules reconcile
+  judges repairs by): same status again -> 72024; from CLOSURE or CANCEL ->
+  72024; INIT -> CLOSURE -> 72039; LOCK -> CANCEL -> 72023 only when
+  ``refuse_lock_to_cancel``. A card unknown
   to the simulator is created in INIT when a call first reaches it.
 * Quotas count ``updatestatus`` calls that passed the token check, per appid,
   including calls later refused by a transition rule (WeChat counts calls, not
@@ -42,6 +43,18 @@ Choices where WeChat is undocumented or where the simulator simplifies
   40002. Component: unknown ``component_appid`` -> 40013, wrong secret ->
   40001, wrong ``component_verify_ticket`` -> 61006; authorizer not
   authorized to that component -> 61003; wrong refresh token -> 61023.
+* Verify tickets (WeChat's side of the component pushes): each component's
+  ticket rotates every ``ticket_interval_s`` (600, WeChat's 10 minutes) and
+  lives ``ticket_ttl_s`` (43200, 12 hours); ``api_component_token`` with an
+  expired or unknown ticket -> 61006. The configured ticket counts as issued
+  when the simulator starts.
+* Simulated time: ``now()`` is ``clock()`` plus what ``advance_clock`` added,
+  and drives token and ticket expiry and the minute quota, so tests can live
+  through 12 hours in seconds.
+* Reimbursers (``reimburse``: WeChat's ``reimburse/updateinvoicestatus``)
+  move cards under the same refusal rules; the server then pushes
+  ``update_invoice_status`` (``devtools.simulator.pushes``). ``unauthorize``
+  revokes an authorizer (its token calls -> 61003), ``authorize`` grants it again.
 """
 
 from __future__ import annotations
@@ -58,8 +71,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from domain.lifecycle import LEGAL_MOVES
-from domain.status import TERMINAL_STATUSES, ReimburseStatus
+from domain.status import ReimburseStatus
+from domain.wechat_rules import wechat_answer
 
 # --------------------------------------------------------------------------
 # Demo accounts (not real credentials; WeChat appids are "wx" + 16 hex chars)
@@ -243,6 +256,7 @@ _CONFIG_KEYS = frozenset(
         "token_grace_s",
         "keep_old_refresh_token",
         "timeout_s",
+        "finish_abandoned",
     }
 )
 
@@ -277,6 +291,7 @@ class _Config:
     token_grace_s: float = 300.0
     keep_old_refresh_token: bool = False
     timeout_s: float = 30.0
+    finish_abandoned: bool = False
 
 
 @dataclass
@@ -311,9 +326,14 @@ class WeChatSimulator:
         keep_old_refresh_token: bool = False,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        ticket_interval_s: float = 600.0,
+        ticket_ttl_s: float = 43200.0,
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock
+        self._clock_offset = 0.0
+        self.ticket_interval_s = ticket_interval_s
+        self.ticket_ttl_s = ticket_ttl_s
         self._accounts = dict(DEFAULT_ACCOUNTS if accounts is None else accounts)
         self._components = dict(DEFAULT_COMPONENTS if components is None else components)
         self._authorizers: dict[str, _Authorizer] = {}
@@ -342,6 +362,127 @@ class WeChatSimulator:
         self._seq = 0
         self._calls: list[CallRecord] = []
         self._token_calls: list[TokenCallRecord] = []
+        # component_appid -> {ticket: issued at (now())}; the configured one counts as issued now.
+        self._tickets: dict[str, dict[str, float]] = {
+            appid: {ticket: self.now()} for appid, (_, ticket) in self._components.items()
+        }
+        self._revoked: set[str] = set()
+        # Calls in progress per card (arrived, not answered or abandoned), and
+        # every arrival of a call while another for the same card was in progress.
+        self._in_progress: dict[tuple[str, str], list[str]] = {}
+        self._overlaps: list[tuple[str, str, str, str]] = []
+        self._arrivals: list[tuple[float, str, str, str]] = []
+
+    # ------------------------------------------------------------------
+    # Calls in progress (one per card at a time is the client's promise)
+    # ------------------------------------------------------------------
+
+    def call_arrived(self, raw_body: bytes, idempotency_key: str | None) -> tuple[str, str] | None:
+        """Note an ``updatestatus`` request on arrival (before any latency);
+        returns the card it is for, to pass to ``call_ended``."""
+        try:
+            payload = msgspec.json.decode(raw_body) if raw_body else None
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(payload, dict):
+            return None
+        card_id, code = _str_or_none(payload.get("card_id")), _str_or_none(payload.get("code"))
+        if card_id is None or code is None:
+            return None
+        key = idempotency_key or ""
+        with self._lock:
+            running = self._in_progress.setdefault((card_id, code), [])
+            for other in running:
+                self._overlaps.append((card_id, code, other, key))
+            running.append(key)
+            self._arrivals.append((time.time(), card_id, code, key))
+        return (card_id, code)
+
+    def call_ended(self, card: tuple[str, str] | None, idempotency_key: str | None) -> None:
+        if card is None:
+            return
+        with self._lock:
+            running = self._in_progress.get(card)
+            if running and (idempotency_key or "") in running:
+                running.remove(idempotency_key or "")
+            if not running:
+                self._in_progress.pop(card, None)
+
+    def overlaps(self) -> list[tuple[str, str, str, str]]:
+        """``(card_id, code, key in progress, key that arrived)`` for every call
+        that arrived while another call for the same card was in progress."""
+        with self._lock:
+            return list(self._overlaps)
+
+    def arrivals(self) -> list[tuple[float, str, str, str]]:
+        """``(time, card_id, code, idempotency key)`` of every request, on arrival."""
+        with self._lock:
+            return list(self._arrivals)
+
+    # ------------------------------------------------------------------
+    # Simulated time, verify tickets, reimbursers, authorizations
+    # ------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The simulator's clock: ``clock()`` plus every ``advance_clock``."""
+        return self._clock() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move simulated time forward (tokens and tickets expire, quotas roll over)."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._clock_offset += seconds
+            return self.now()
+
+    def current_ticket(self, component_appid: str) -> str:
+        with self._lock:
+            tickets = self._tickets[component_appid]
+            return max(tickets, key=tickets.__getitem__)
+
+    def tickets_due(self) -> list[str]:
+        """Components whose newest ticket is ``ticket_interval_s`` old: time to push a new one."""
+        with self._lock:
+            now = self.now()
+            return [a for a, t in self._tickets.items() if now - max(t.values(), default=-1e18) >= self.ticket_interval_s]
+
+    def rotate_ticket(self, component_appid: str) -> str:
+        """Issue a new verify ticket (the old ones stay valid until they are ``ticket_ttl_s`` old)."""
+        with self._lock:
+            ticket = f"ticket@@@{secrets.token_urlsafe(24)}"
+            now = self.now()
+            tickets = self._tickets.setdefault(component_appid, {})
+            for old, issued in list(tickets.items()):
+                if now - issued >= self.ticket_ttl_s:
+                    del tickets[old]
+            tickets[ticket] = now
+            return ticket
+
+    def _ticket_valid(self, component_appid: str, given: Any) -> bool:
+        if not isinstance(given, str):
+            return False
+        for ticket, issued in self._tickets.get(component_appid, {}).items():
+            if secrets.compare_digest(ticket, given):
+                return self.now() - issued < self.ticket_ttl_s
+        return False
+
+    def reimburse(self, appid: str, card_id: str, code: str, reimburse_status: str) -> dict[str, Any]:
+        """A reimburser's lock/unlock/close (``reimburse/updateinvoicestatus``): WeChat's answer."""
+        status = ReimburseStatus(reimburse_status)  # ValueError on an unknown status
+        with self._lock:
+            key = (appid, card_id, code)
+            return self._transition(key, self._cards.setdefault(key, ReimburseStatus.INIT), status)
+
+    def unauthorize(self, authorizer_appid: str) -> str:
+        """The authorizer revokes its component; returns the component appid (for the push)."""
+        with self._lock:
+            self._revoked.add(authorizer_appid)
+            return self._authorizers[authorizer_appid].component_appid
+
+    def authorize(self, authorizer_appid: str) -> str:
+        with self._lock:
+            self._revoked.discard(authorizer_appid)
+            return self._authorizers[authorizer_appid].component_appid
 
     # ------------------------------------------------------------------
     # Configuration
@@ -368,6 +509,12 @@ class WeChatSimulator:
     def latency_s(self) -> float:
         """The global latency added to every ``updatestatus`` call."""
         return self._config.latency_ms / 1000.0
+
+    @property
+    def finish_abandoned(self) -> bool:
+        """Whether a call whose client went away is still processed, as a real
+        server would (configure ``finish_abandoned``); by default it is dropped."""
+        return self._config.finish_abandoned
 
     def reset(self, *, tokens: bool = False) -> None:
         """Back to the state after construction: no cards, records, faults or
@@ -431,6 +578,8 @@ class WeChatSimulator:
             found = set(self._accounts.values()) | set(self._tokens)
             for secret, ticket in self._components.values():
                 found |= {secret, ticket}
+            for tickets in self._tickets.values():
+                found |= set(tickets)
             for authorizer in self._authorizers.values():
                 found |= authorizer.refresh_tokens
         return found
@@ -472,7 +621,7 @@ class WeChatSimulator:
         """0, or 45009/45011. Counts the call when it passes."""
         cfg = self._config
         q = self._quota.setdefault(appid, _Quota())
-        window = int(self._clock() // cfg.minute_window_s)
+        window = int(self.now() // cfg.minute_window_s)
         if window != q.window:
             q.window, q.minute = window, 0
         if cfg.daily_quota is not None and q.daily >= cfg.daily_quota:
@@ -577,7 +726,7 @@ class WeChatSimulator:
             return Outcome(http_status=status, text=text), None
         if rule.kind == "timeout":
             delay = (rule.latency_ms / 1000.0) if rule.latency_ms is not None else self._config.timeout_s
-            body = processed if rule.apply else errbody(-1, "simulated timeout")
+            body = dict(processed) if rule.apply else errbody(-1, "simulated timeout")
             return Outcome(body=body, delay_s=delay), int(body.get("errcode", 0))
         if rule.kind == "reset":
             return Outcome(reset=True, http_status=0), None
@@ -620,7 +769,7 @@ class WeChatSimulator:
     def expire_tokens(self, appid: str | None = None) -> int:
         """Make the tokens (of ``appid``, or all) answer 42001 from now on."""
         with self._lock:
-            now = self._clock()
+            now = self.now()
             n = 0
             for info in self._tokens.values():
                 if (appid is None or info.appid == appid) and info.expires_at > now:
@@ -629,7 +778,7 @@ class WeChatSimulator:
             return n
 
     def _issue(self, series: str, appid: str) -> str:
-        now = self._clock()
+        now = self.now()
         old = self._current.get((series, appid))
         if old is not None:
             info = self._tokens[old]
@@ -647,7 +796,7 @@ class WeChatSimulator:
         info = self._tokens.get(token)
         if info is None or info.series not in series:
             return 40001, None
-        now = self._clock()
+        now = self.now()
         if info.invalidated:
             return 40001, info.appid
         if now >= info.expires_at:
@@ -657,7 +806,7 @@ class WeChatSimulator:
         return 0, info.appid
 
     def _expires_in(self, token: str) -> int:
-        return max(0, math.ceil(self._tokens[token].expires_at - self._clock()))
+        return max(0, math.ceil(self._tokens[token].expires_at - self.now()))
 
     def _stable_current(self, appid: str) -> str | None:
         token = self._current.get(("stable_token", appid))
@@ -777,15 +926,15 @@ class WeChatSimulator:
             elif appid not in self._components:
                 body = errbody(40013)
             else:
-                secret, ticket = self._components[appid]
+                secret, _ = self._components[appid]
                 given_secret = payload.get("component_appsecret")
                 given_ticket = payload.get("component_verify_ticket")
                 if not isinstance(given_secret, str) or not given_secret:
                     body = errbody(41004)
                 elif not secrets.compare_digest(secret, given_secret):
                     body = errbody(40001, "component_appsecret is wrong")
-                elif not isinstance(given_ticket, str) or not secrets.compare_digest(ticket, given_ticket):
-                    body = errbody(61006)
+                elif not self._ticket_valid(appid, given_ticket):
+                    body = errbody(61006, "unknown or expired (12 h) component_verify_ticket")
                 else:
                     token = self._issue("component", appid)
                     issued = True
@@ -825,7 +974,7 @@ class WeChatSimulator:
             # The component token belongs to another platform.
             return errbody(40001, "component_access_token does not belong to component_appid")
         auth = self._authorizers.get(appid or "")
-        if auth is None or auth.component_appid != component_appid:
+        if auth is None or auth.component_appid != component_appid or appid in self._revoked:
             return errbody(61003)
         given = payload.get("authorizer_refresh_token")
         if not isinstance(given, str) or given not in auth.refresh_tokens:
@@ -922,18 +1071,10 @@ class WeChatSimulator:
     def _transition(
         self, key: tuple[str, str, str], current: ReimburseStatus, target: ReimburseStatus
     ) -> dict[str, Any]:
-        """WeChat's refusals, in the order DOMAIN.md gives them; else apply."""
-        if target == current:
-            # WeChat refuses to set the status a card already has.
-            return errbody(72024, f"already {current.value}")
-        if current in TERMINAL_STATUSES:
-            return errbody(72024, f"{current.value} is terminal")
-        if current == ReimburseStatus.INIT and target == ReimburseStatus.CLOSURE:
-            return errbody(72039)
-        if (current, target) == (ReimburseStatus.LOCK, ReimburseStatus.CANCEL) and self._config.refuse_lock_to_cancel:
-            return errbody(72023)
-        if (current, target) not in LEGAL_MOVES:  # pragma: no cover - every other pair is legal
-            return errbody(72024, f"{current.value} -> {target.value}")
+        """WeChat's refusals (``domain.wechat_rules``, the one statement of them); else apply."""
+        answer = wechat_answer(current, target, refuse_lock_to_cancel=self._config.refuse_lock_to_cancel)
+        if not answer.applied:
+            return errbody(answer.errcode, answer.reason)
         self._cards[key] = target
         return dict(OK_BODY)
 
@@ -984,7 +1125,7 @@ def _parse_rule(rule: Mapping[str, Any]) -> FaultRule:
 
 def _check_setting(key: str, value: Any) -> Any:
     """Validate one setting; ``ValueError`` with the key when wrong."""
-    if key in ("refuse_lock_to_cancel", "keep_old_refresh_token"):
+    if key in ("refuse_lock_to_cancel", "keep_old_refresh_token", "finish_abandoned"):
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be a boolean")
         return value

@@ -1,25 +1,25 @@
-"""The pure part of ``reconcile``: evidence in, differences and repairs out."""
+"""``domain.reconcile``: evidence in, differences and repairs out (no broker, no WeChat)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
 
-from adapters import wire
-from consumers.reconcile import (
+from domain.delivery import DeliveryResult
+from domain.model import InvoiceState, idempotency_key
+from domain.reconcile import (
     Accepted,
     Evidence,
-    EvidenceIndex,
-    RepairPlan,
+    FinalDelivery,
     build_report,
     examine,
     repair_key,
+    same_state,
+    state_differences,
 )
-from consumers.replay import same_state, state_differences
-from domain.model import InvoiceState, idempotency_key
 from domain.status import ReimburseStatus as S
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -33,20 +33,16 @@ def state(status: S, version: int, ids: tuple[str, ...] = ("e1",), appid: str = 
 
 
 def delivered(version: int, status: S, *, result: str = "delivered", key: str | None = None, repair: bool = False,
-              errcode: int = 0, card: str = CARD) -> wire.DeliveryRecord:
-    return wire.DeliveryRecord(
-        idempotency_key=key or idempotency_key(card, CODE, version), card_id=card, code=CODE, appid=APPID,
-        reimburse_status=status, version=version, result=result, errcode=errcode,  # type: ignore[arg-type]
-        errmsg="ok" if not errcode else "refused", attempts=1, outcome_id="o", first_attempt_at=None,
-        completed_at="2026-11-23T10:00:01Z", duration_ms=1.0, repair=repair,
-    )
+              errcode: int = 0, card: str = CARD) -> FinalDelivery:
+    return FinalDelivery(key or idempotency_key(card, CODE, version), version, status, DeliveryResult(result), errcode,
+                         "ok" if not errcode else "refused", repair)
 
 
 def history(*statuses: S, at: datetime = LONG_AGO) -> dict[int, Accepted]:
     return {v: Accepted(v, s, at) for v, s in enumerate(statuses, 1)}
 
 
-def consistent(*statuses: S, wechat: S | None | bool = False, card: str = CARD) -> Evidence:
+def consistent(*statuses: S, wechat: S | bool | None = False, card: str = CARD) -> Evidence:
     """An invoice moved through ``statuses``, every step delivered; WeChat asked
     (and agreeing) unless ``wechat`` is False."""
     final = state(statuses[-1], len(statuses), card=card)
@@ -58,8 +54,8 @@ def consistent(*statuses: S, wechat: S | None | bool = False, card: str = CARD) 
     return ev
 
 
-def kinds(ev: Evidence, **kw: object) -> list[str]:
-    return [d.kind for d in examine(ev, now=NOW, **kw).differences]  # type: ignore[arg-type]
+def kinds(ev: Evidence, **kw: Any) -> list[str]:
+    return [d.kind for d in examine(ev, now=NOW, **kw).differences]
 
 
 # ------------------------------------------------------------------ state
@@ -217,7 +213,7 @@ def test_a_repair_already_enqueued_and_not_delivered_is_pending() -> None:
     ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
     first = examine(ev, now=NOW).repair
     assert first is not None
-    ev.repairs[first.idempotency_key] = first.outcome("2026-11-23T11:00:00Z").data
+    ev.repairs.add(first.idempotency_key)
     again = examine(ev, now=NOW)
     assert again.repair_status == "pending" and again.repair == first
 
@@ -226,7 +222,7 @@ def test_a_repair_wechat_refused_is_not_sent_again() -> None:
     ev = consistent(S.LOCK, S.INIT, wechat=S.LOCK)
     plan = examine(ev, now=NOW).repair
     assert plan is not None
-    ev.repairs[plan.idempotency_key] = plan.outcome("2026-11-23T11:00:00Z").data
+    ev.repairs.add(plan.idempotency_key)
     ev.deliveries.append(delivered(2, S.INIT, key=plan.idempotency_key, repair=True, result="conflict", errcode=72023))
     verdict = examine(ev, now=NOW)
     assert verdict.repair_status == "unrepairable" and "refused this repair" in verdict.differences[-1].detail
@@ -236,64 +232,14 @@ def test_a_different_divergence_gets_a_new_key() -> None:
     ev = consistent(S.LOCK, S.INIT, S.LOCK, wechat=S.INIT)
     plan = examine(ev, now=NOW).repair
     assert plan is not None
-    ev.repairs[plan.idempotency_key] = plan.outcome("2026-11-23T11:00:00Z").data
+    ev.repairs.add(plan.idempotency_key)
     ev.wechat = None
     other = examine(ev, now=NOW)
     assert other.repair_status == "enqueue" and other.repair is not None
     assert other.repair.idempotency_key != plan.idempotency_key
 
 
-def test_the_repair_outcome_matches_the_outcome_schema() -> None:
-    plan = RepairPlan(CARD, CODE, APPID, 2, 3, S.LOCK, S.CLOSURE, "LOCK", "wechat_mismatch")
-    value = wire.encode(plan.outcome("2026-11-23T11:00:00.000Z"))
-    wire.validate_produced(value, "outcome")
-    outcome = wire.decode_outcome(value)
-    assert outcome.type == "invoice.status.repair" and outcome.subject == KEY
-    d = outcome.data
-    assert (d.event_id, d.event_type, d.trigger) == (f"repair:{KEY}#3~repair~LOCK", "invoice.reconcile.repair", "close")
-    assert (d.from_status, d.requested_status, d.to_status, d.version) == (S.LOCK, S.CLOSURE, S.CLOSURE, 3)
-    assert d.idempotency_key == f"{KEY}#3~repair~LOCK" and d.reason == "wechat_mismatch"
-
-
-# ------------------------------------------------------------------ gathering and the report
-
-
-def rec(partition: int, key: str | None, value: bytes | None) -> SimpleNamespace:
-    return SimpleNamespace(partition=partition, key=None if key is None else key.encode(), value=value)
-
-
-def test_the_index_keeps_the_latest_state_per_key_and_honours_tombstones() -> None:
-    index = EvidenceIndex()
-    index.add_state_record(rec(2, KEY, wire.encode_state(state(S.LOCK, 1))))
-    index.add_state_record(rec(2, KEY, wire.encode_state(state(S.INIT, 2))))
-    index.add_state_record(rec(0, "a/b", wire.encode_state(state(S.LOCK, 1))))
-    index.add_state_record(rec(0, "a/b", None))
-    index.add_state_record(rec(1, "c/d", b"garbage"))
-    ev = index.evidence[KEY]
-    assert ev.live is not None and ev.live.status is S.INIT and ev.live_partition == 2
-    assert index.evidence["a/b"].live is None
-    assert index.evidence["c/d"].live_error is not None
-
-
-def test_the_index_collects_accepted_outcomes_repairs_and_deliveries() -> None:
-    index = EvidenceIndex()
-    plan = RepairPlan(CARD, CODE, APPID, 0, 1, S.INIT, S.LOCK, "INIT", "wechat_mismatch")
-    accepted = wire.OutcomeEvent(
-        specversion="1.0", id="t/0/0", source=wire.OUTCOME_SOURCE, type="invoice.status.accepted",
-        time="2026-11-23T10:00:00Z", subject=KEY,
-        data=wire.OutcomeData(card_id=CARD, code=CODE, appid=APPID, event_id="e1",
-                              event_type="invoice.reimbursement.locked", from_status=S.INIT, requested_status=S.LOCK,
-                              version=1, processed_at="2026-11-23T10:00:00Z", to_status=S.LOCK),
-    )
-    index.add_outcome_record(rec(0, KEY, wire.encode(accepted)))
-    index.add_outcome_record(rec(0, KEY, wire.encode(plan.outcome("2026-11-23T11:00:00Z"))))
-    index.add_outcome_record(rec(0, KEY, b"{}"))
-    index.add_delivery_record(rec(0, KEY, wire.encode(delivered(1, S.LOCK))))
-    ev = index.evidence[KEY]
-    assert ev.accepted[1].to_status is S.LOCK and ev.accepted[1].processed_at == datetime(2026, 11, 23, 10, tzinfo=UTC)
-    assert set(ev.repairs) == {plan.idempotency_key}
-    assert [d.version for d in ev.deliveries] == [1]
-    assert index.undecodable == {"outcomes": 1}
+# ------------------------------------------------------------------ the report
 
 
 def test_the_report_counts_every_kind_and_sorts_differences() -> None:

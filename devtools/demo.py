@@ -1,6 +1,6 @@
-"""``invoice-sm demo``: everything locally, end to end, in one command.
+"""``python -m devtools demo`` (``./dev demo``): everything locally, end to end, in one command.
 
-Starts a real Kafka broker (``adapters.kafka_local``) and the WeChat
+Starts a real Kafka broker (``devtools.kafka_local``) and the WeChat
 simulator, runs the processor and the deliverer, publishes a realistic
 stream (legal and illegal moves, repeated events, malformed records), makes
 WeChat fail a few times on the way, waits until every accepted status has
@@ -13,6 +13,7 @@ the commands to try (``--keep`` keeps everything up for them).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -27,20 +28,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from adapters.settings import Settings, load_settings
+from adapters import wire
+from adapters.settings import Settings, env_name, load_settings
 from domain.model import invoice_key
+from domain.status import STATUS_EVENT_TYPES, OutcomeType
 from domain.status import ReimburseStatus as S
 
 DEMO_APPID = "wx1234567890abcdef"
-TYPE_FOR = {
-    S.LOCK: "invoice.reimbursement.locked",
-    S.INIT: "invoice.reimbursement.unlocked",
-    S.CLOSURE: "invoice.reimbursement.closed",
-    S.CANCEL: "invoice.red_flushed",
-}
 
 
 def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
@@ -64,7 +62,7 @@ def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
                 "specversion": "1.0",
                 "id": f"demo-{n}-{i}",
                 "source": "/erp/reimbursement",
-                "type": TYPE_FOR[status],
+                "type": STATUS_EVENT_TYPES[status],
                 "time": "2026-11-25T08:00:00Z",
                 "subject": invoice_key(card_id, code),
                 "data": {"card_id": card_id, "code": code, "appid": DEMO_APPID},
@@ -175,8 +173,9 @@ async def _wait_until_delivered(settings: Settings, sent: int, timeout: float = 
     while True:
         outcomes = [json.loads(r.value) for r in await _read(settings, settings.topic_outcomes)]
         dlq = await _read(settings, settings.topic_dlq)
-        accepted = sum(o["type"] == "invoice.status.accepted" for o in outcomes)
-        deliveries = [json.loads(r.value) for r in await _read(settings, settings.topic_deliveries)]
+        accepted = sum(o["type"] == OutcomeType.ACCEPTED for o in outcomes)
+        # Delivery records are CloudEvents; their data is the record.
+        deliveries = [msgspec.to_builtins(wire.decode_delivery(r.value)) for r in await _read(settings, settings.topic_deliveries)]
         if len(outcomes) + len(dlq) >= sent and len(deliveries) >= accepted:
             return outcomes, deliveries
         if time.monotonic() > deadline:
@@ -223,7 +222,7 @@ def _summary(console: Console, result: dict[str, Any], sim: Any) -> None:
 
 
 def _next_steps(console: Console, settings: Settings, sim_url: str, metrics_url: str, log_path: Path, keep: bool) -> None:
-    prefix = f"INVOICE_SM_KAFKA_BOOTSTRAP_SERVERS={shlex.quote(settings.kafka_bootstrap_servers)}"
+    prefix = f"{env_name('kafka_bootstrap_servers')}={shlex.quote(settings.kafka_bootstrap_servers)}"
     console.print()
     console.print("[bold]where to look next[/]")
     console.print(f"  metrics    {metrics_url}  (deploy/alerts.yml alerts on these)", highlight=False, soft_wrap=True)
@@ -232,7 +231,7 @@ def _next_steps(console: Console, settings: Settings, sim_url: str, metrics_url:
     console.print(f"  reconcile  {prefix} invoice-sm reconcile --wechat-sim-url {sim_url}", highlight=False, soft_wrap=True)
     console.print(f"  DLQ        {prefix} invoice-sm dlq list", highlight=False, soft_wrap=True)
     if not keep:
-        console.print("  [dim]the broker, the simulator and the metrics stop now; `invoice-sm demo --keep` leaves them up[/]",
+        console.print("  [dim]the broker, the simulator and the metrics stop now; `./dev demo --keep` leaves them up[/]",
                       soft_wrap=True)
 
 
@@ -250,18 +249,18 @@ def _free_port() -> int:
 
 
 def run_demo(n_invoices: int = 300, bootstrap: str | None = None, keep: bool = False) -> int:
-    from adapters.kafka_local import LocalKafka
     from adapters.logging import configure_logging
     from adapters.metrics import Metrics
-    from simulator import SimulatorServer, WeChatSimulator
-    from simulator.state import DEFAULT_ACCOUNTS
+    from devtools.kafka_local import LocalKafka
+    from devtools.simulator import SimulatorServer, WeChatSimulator
+    from devtools.simulator.state import DEFAULT_ACCOUNTS
 
     console = Console()
     log_path = Path(tempfile.gettempdir()) / "invoice-sm-demo.log"
     metrics = Metrics()
     with contextlib.ExitStack() as stack:
-        log_file = stack.enter_context(open(log_path, "w"))  # noqa: SIM115
-        configure_logging("json", "INFO", stream=_LogTee(log_file, console))
+        log_file = stack.enter_context(open(log_path, "w"))
+        configure_logging("json", "INFO", stream=_LogTee(log_file, console))  # type: ignore[arg-type]  # a write/flush tee, all logging needs
         if bootstrap is None:
             with console.status("starting a local Apache Kafka broker (KRaft, from Maven Central jars)…"):
                 broker = stack.enter_context(LocalKafka())
@@ -293,3 +292,16 @@ def run_demo(n_invoices: int = 300, bootstrap: str | None = None, keep: bool = F
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve_metrics(metrics, settings.metrics_port or 0))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devtools demo``."""
+    p = argparse.ArgumentParser(
+        prog="python -m devtools demo",
+        description="Everything locally: broker, WeChat simulator, processor, deliverer, a sample stream, a summary.",
+    )
+    p.add_argument("--invoices", type=int, default=300, help="how many invoices the sample stream covers")
+    p.add_argument("--use-broker", metavar="HOST:PORT", help="use this broker instead of starting one")
+    p.add_argument("--keep", action="store_true", help="keep broker and simulator running afterwards")
+    args = p.parse_args(argv)
+    return run_demo(args.invoices, args.use_broker, args.keep)

@@ -51,8 +51,8 @@ probed for readiness, on a plaintext listener of its own.
 
 Command line::
 
-    python -m adapters.kafka_local fetch
-    python -m adapters.kafka_local start [--workdir D] [--heap 1g] [--no-fast-jit] [--nodes 3]
+    python -m devtools.kafka_local fetch
+    python -m devtools.kafka_local start [--workdir D] [--heap 1g] [--no-fast-jit] [--nodes 3]
 
 ``start`` prints ``bootstrap_servers=127.0.0.1:P`` and runs until SIGTERM or
 SIGINT, then stops the broker.
@@ -93,6 +93,9 @@ __all__ = ["KAFKA_VERSION", "LocalKafka", "LocalKafkaCluster", "ensure_jars", "m
 
 KAFKA_VERSION = "4.1.1"
 
+# devtools/ is never installed (not in the wheel, not in the service image):
+# it runs from a checkout, so the folder above it is the repository, where the
+# pom and the jar cache live.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "tools" / "kafka" / "pom.xml"
 CACHE_DIR = REPO_ROOT / ".cache" / "kafka" / KAFKA_VERSION
@@ -180,7 +183,7 @@ def _run_maven(output_dir: Path) -> None:
     # progress, colour codes even with -q) and we only read it on failure.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as out:
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=POM.parent)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=POM.parent)  # noqa: PLW1510  # the return code is inspected
         except FileNotFoundError as exc:
             raise RuntimeError("cannot resolve Kafka jars: `mvn` is not on PATH (install Apache Maven)") from exc
         if proc.returncode != 0:
@@ -244,7 +247,7 @@ async def _metadata_answers(bootstrap_servers: str, timeout: float, node_ids: fr
         await asyncio.wait_for(client.bootstrap(), timeout)
         metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout)
         return node_ids <= {broker.nodeId for broker in metadata.brokers()}
-    except Exception:
+    except Exception:  # noqa: BLE001  # best effort cleanup
         return False
     finally:
         with contextlib.suppress(Exception):
@@ -354,8 +357,8 @@ class _Spawner:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(subprocess.Popen(cmd, preexec_fn=_die_with_parent(), **kwargs))  # noqa: PLW1509
-            except BaseException as exc:
+                future.set_result(subprocess.Popen(cmd, preexec_fn=_die_with_parent(), **kwargs))  # type: ignore[call-overload]  # noqa: PLW1509  # kwargs come from the caller's Popen call
+            except BaseException as exc:  # noqa: BLE001  # handed to the waiting future
                 future.set_exception(exc)
 
     def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -373,7 +376,7 @@ _spawner = _Spawner()
 
 
 _LOG4J2_PROPERTIES = """\
-# Written by adapters/kafka_local.py: everything to one file, nothing to stdout.
+# Written by devtools/kafka_local.py: everything to one file, nothing to stdout.
 status = warn
 appender.file.type = File
 appender.file.name = FILE
@@ -647,6 +650,9 @@ class LocalKafka:
             "default.replication.factor": "1",
             "min.insync.replicas": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Tests kill instances and wait for their partitions to move: allow
+            # session timeouts down to 1 s (the broker's default floor is 6 s).
+            "group.min.session.timeout.ms": "1000",
             # Small and fast: one partition per internal topic, and a cleaner
             # buffer that fits a 512 MiB heap (the default is 128 MiB).
             "offsets.topic.num.partitions": "1",
@@ -712,7 +718,7 @@ class LocalKafka:
     def _write_config(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{k}={_escape_property(k, v)}" for k, v in self._properties().items()]
-        self.properties_path.write_text("# Written by adapters/kafka_local.py\n" + "\n".join(lines) + "\n")
+        self.properties_path.write_text("# Written by devtools/kafka_local.py\n" + "\n".join(lines) + "\n")
         self.log4j_path.write_text(_LOG4J2_PROPERTIES.format(level=self.log_level))
 
     def _classpath(self) -> str:
@@ -751,7 +757,7 @@ class LocalKafka:
             "-c",
             str(self.properties_path),
         ]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=self.workdir)
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=self.workdir)  # noqa: PLW1510  # the return code is inspected
         if proc.returncode != 0:
             shown = " ".join("--add-scram SCRAM-SHA-512=[...]" if "password=" in arg else arg for arg in cmd)
             raise RuntimeError(
@@ -773,7 +779,7 @@ class LocalKafka:
         ]
         # Appended, not truncated: after a crash and restart(), the earlier
         # run's output is still there to read.
-        self._stdout = open(self.stdout_path, "ab")
+        self._stdout = open(self.stdout_path, "ab")  # noqa: SIM115  # the log outlives this call
         self._stdout.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._stdout.flush()
         try:
@@ -922,7 +928,7 @@ class LocalKafkaCluster:
                 raise
 
     def _configure(self, lib: Path) -> None:
-        ports = set()
+        ports: set[int] = set()
         while len(ports) < 2 * len(self.nodes):
             ports.add(_free_port())
         ordered = sorted(ports)
@@ -999,7 +1005,7 @@ class LocalKafkaCluster:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m adapters.kafka_local",
+        prog="python -m devtools.kafka_local",
         description="Run a local single-node Apache Kafka broker from Maven Central jars (no Docker).",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,6 +1,6 @@
 """``SimulatorControl``: a small sync httpx client for the simulator's control
-API, for when the simulator runs in another process (``python -m simulator``,
-the demo). Method names follow ``WeChatSimulator`` where they can, and the
+API, for when the simulator runs in another process (``python -m devtools wechat-sim``,
+the benchmarks). Method names follow ``WeChatSimulator`` where they can, and the
 records come back as the same msgspec types (``CallRecord``, ``Card``...).
 """
 
@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import msgspec
 
+from devtools.simulator.pushes import PushAttempt
+from devtools.simulator.state import CallRecord, Card, FaultKind, FaultRule, TokenCallRecord
 from domain.status import ReimburseStatus
-from simulator.state import CallRecord, Card, FaultKind, FaultRule, TokenCallRecord
 
 
 class SimulatorError(RuntimeError):
@@ -127,6 +128,34 @@ class SimulatorControl:
 
     def reset(self, *, tokens: bool = False) -> None:
         self._call("POST", "/_sim/reset", json={"tokens": tokens})
+
+    # Pushes (WeChat's side of the message push)
+    def configure_pushes(self, **config: Any) -> None:
+        """``events_url``, ``component_url``, ``token``, ``encoding_aes_key``, ``appid``,
+        ``component_appid``, ``mode`` (plaintext|compatible|safe), ``retries``, ``answer_timeout_s``."""
+        self._call("POST", "/_sim/pushes/config", json=config)
+
+    def pushes(self) -> list[PushAttempt]:
+        return msgspec.convert(self._call("GET", "/_sim/pushes")["pushes"], list[PushAttempt])
+
+    def clear_pushes(self) -> None:
+        self._call("DELETE", "/_sim/pushes")
+
+    def reimburse(self, appid: str, card_id: str, code: str, reimburse_status: str, *, wait: bool = True) -> dict[str, Any]:
+        """A reimburser's lock/unlock/close, then its ``update_invoice_status`` push
+        (``wait``: until the webhook answered success or WeChat's retries are spent)."""
+        body = {"appid": appid, "card_id": card_id, "code": code, "reimburse_status": str(reimburse_status), "wait": wait}
+        return self._call("POST", "/_sim/reimburse", json=body)
+
+    def advance_clock(self, seconds: float, *, wait: bool = True) -> dict[str, Any]:
+        """Simulated time forward; a verify ticket due is rotated and pushed."""
+        return self._call("POST", "/_sim/clock/advance", json={"seconds": seconds, "wait": wait})
+
+    def unauthorize(self, authorizer_appid: str, *, wait: bool = True) -> dict[str, Any]:
+        return self._call("POST", f"/_sim/authorizers/{authorizer_appid}/unauthorize", json={"wait": wait})
+
+    def authorize(self, authorizer_appid: str, *, wait: bool = True) -> dict[str, Any]:
+        return self._call("POST", f"/_sim/authorizers/{authorizer_appid}/authorize", json={"wait": wait})
 
     def _url(self, path: str) -> str:
         return path if self._own_client else self.base_url + path

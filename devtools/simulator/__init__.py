@@ -3,14 +3,14 @@ answers ``card/invoice/platform/updatestatus`` as WeChat does, records every
 call and injects faults. Tests, benchmarks and the demo talk to it;
 production talks to WeChat.
 
-* ``WeChatSimulator`` (``simulator.state``): the state and rules, no I/O.
-* ``build_app``, ``SimulatorServer``, ``serve``, ``main`` (``simulator.server``).
-* ``SimulatorControl`` (``simulator.control``): the control API over HTTP.
+* ``WeChatSimulator`` (``devtools.simulator.state``): the state and rules, no I/O.
+* ``build_app``, ``SimulatorServer``, ``serve``, ``main`` (``devtools.simulator.server``).
+* ``SimulatorControl`` (``devtools.simulator.control``): the control API over HTTP.
 """
 
-from simulator.control import SimulatorControl, SimulatorError
-from simulator.server import SimulatorServer, build_app, main, serve
-from simulator.state import (
+from devtools.simulator.control import SimulatorControl, SimulatorError
+from devtools.simulator.server import SimulatorServer, build_app, main, serve
+from devtools.simulator.state import (
     DEFAULT_ACCOUNTS,
     DEFAULT_AUTHORIZERS,
     DEFAULT_COMPONENTS,

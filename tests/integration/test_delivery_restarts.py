@@ -1,0 +1,184 @@
+"""Restarts and ownership with a slow WeChat: rolling restarts and kill -9
+never let two calls for one invoice overlap or a later version overtake an
+earlier one; a partition that comes back to an old owner is judged right.
+
+The simulator is a real HTTP server taking 2 s per call, and it finishes a
+call whose client was killed, as a real server does (``finish_abandoned``):
+that is what makes a new owner's early call an overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from adapters.settings import Settings
+from consumers.processor import Processor
+from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator.state import DEFAULT_ACCOUNTS
+from domain.status import ReimburseStatus as S
+from tests.factories import APPID, card, event
+from tests.integration.test_delivery_crashes import four_step_lifecycles
+from tests.support.kafka_io import produce_events, values, wait_for_count
+from tests.support.processes import Service
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+#: Restarts of each kind (the issue asks for 20; INVOICE_SM_TEST_RESTARTS lowers it while iterating).
+RESTARTS = int(os.environ.get("INVOICE_SM_TEST_RESTARTS", "20"))
+
+
+def slow_settings(make_settings: Callable[..., Settings], server: SimulatorServer, tmp_path: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "wechat_base_url": server.base_url,
+        "wechat_appid": APPID,
+        "wechat_secret": DEFAULT_ACCOUNTS[APPID],
+        "wechat_timeout_s": 3.0,
+        # The token endpoint answers at once here, so one call is bounded by
+        # one timeout; the default (2 x timeout + 1) also covers a refresh.
+        "delivery_takeover_wait_s": 3.5,
+        "kafka_session_timeout_ms": 2000,
+        "delivery_concurrency": 32,
+        "delivery_commit_interval_ms": 100,
+        "state_dir": tmp_path / "state",
+    }
+    return make_settings(**{**base, **overrides})
+
+
+def versions_by_card(arrivals: list[tuple[float, str, str, str]]) -> dict[tuple[str, str], list[int]]:
+    out: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for _, card_id, code, key in arrivals:
+        out[(card_id, code)].append(int(key.rsplit("#", 1)[1]))
+    return out
+
+
+def assert_in_order(arrivals: list[tuple[float, str, str, str]]) -> int:
+    """Each card's versions arrive in order: a repeat (same version, after a
+    kill) is allowed, a lower version after a higher one is not. Returns the repeats."""
+    repeats = 0
+    for key, seen in versions_by_card(arrivals).items():
+        distinct = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
+        assert distinct == sorted(set(distinct)), f"{key}: versions arrived as {seen}"
+        repeats += len(seen) - len(distinct)
+    return repeats
+
+
+async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_reorder(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with SimulatorServer(WeChatSimulator(latency_ms=2000)) as server:
+        server.sim.configure(finish_abandoned=True)
+        settings = slow_settings(make_settings, server, tmp_path)
+        n = 400
+        events = four_step_lifecycles(n, seed=5)
+        stop = asyncio.Event()
+        processor_task = asyncio.create_task(Processor(settings).run(stop))
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        # Two hosts: each instance has its own state dir; a restart keeps its host's.
+        steady_settings = settings.model_copy(update={"state_dir": tmp_path / "steady"})
+        moving_settings = settings.model_copy(update={"state_dir": tmp_path / "moving"})
+        steady = Service("deliver", steady_settings, logs / "steady.log")
+        moving = Service("deliver", moving_settings, logs / "moving-0.log")
+        try:
+            await produce_events(settings, events)
+            await _calls_at_least(server, 64)
+            for i in range(2 * RESTARTS):
+                assert steady.alive(), steady.log_text()[-3000:]
+                if i < RESTARTS:
+                    assert moving.terminate(timeout=30) == 0, moving.log_text()[-3000:]  # a rolling restart
+                else:
+                    moving.kill()  # a crash: nothing finishes
+                moving.close()
+                moving = Service("deliver", moving_settings, logs / f"moving-{i + 1}.log")
+                await asyncio.sleep(1.5)
+            records = await wait_for_count(settings, settings.topic_deliveries, 4 * n, timeout=240)
+            assert moving.terminate() == 0 and steady.terminate() == 0
+        finally:
+            moving.close()
+            steady.close()
+            stop.set()
+            await processor_task
+        deliveries = values(records)
+        overlaps = server.sim.overlaps()
+        arrivals = server.sim.arrivals()
+
+    # No call for an invoice started while another for it was in flight.
+    assert overlaps == [], f"{len(overlaps)} overlapping calls, e.g. {overlaps[:3]}"
+    repeats = assert_in_order(arrivals)
+    # Nothing lost, each delivered once; a repeat after a kill is recorded already_applied.
+    keys = Counter(d["idempotency_key"] for d in deliveries)
+    assert len(keys) == 4 * n and set(keys.values()) == {1}
+    results = Counter(d["result"] for d in deliveries)
+    assert set(results) <= {"delivered", "already_applied"}, results
+    assert results["already_applied"] <= repeats
+    assert {c.reimburse_status for c in server.sim.cards()} == {S.CLOSURE}
+
+
+async def _calls_at_least(server: SimulatorServer, n: int, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(server.sim.arrivals()) < n:
+        assert loop.time() < deadline, "deliveries never started"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_partition_back_at_its_old_owner_after_a_crash_elsewhere_records_the_repeat_as_already_applied(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    with SimulatorServer(WeChatSimulator()) as server:
+        server.sim.configure(finish_abandoned=True)
+        a_settings = slow_settings(make_settings, server, tmp_path, topic_partitions=1, state_dir=tmp_path / "a")
+        b_settings = a_settings.model_copy(update={"state_dir": tmp_path / "b"})
+        stop = asyncio.Event()
+        processor_task = asyncio.create_task(Processor(a_settings).run(stop))
+        try:
+            # A owns the partition and delivers; its ledger stays on its disk.
+            a = Service("deliver", a_settings, tmp_path / "a.log")
+            await produce_events(a_settings, [event(*card(1), S.LOCK)])
+            await wait_for_count(a_settings, a_settings.topic_deliveries, 1, timeout=60)
+            assert a.terminate() == 0
+            a.close()
+            # B takes it, and dies (kill -9) in the middle of a slow call.
+            server.sim.configure(latency_ms=2500)
+            b = Service("deliver", b_settings, tmp_path / "b.log")
+            await _log_line(b, "deliverer_partitions_assigned")
+            before = len(server.sim.arrivals())
+            await produce_events(a_settings, [event(*card(1), S.INIT)])
+            await _calls_at_least(server, before + 1)
+            await asyncio.sleep(0.5)
+            b.kill()
+            b.close()
+            server.sim.configure(latency_ms=0)
+            # Back at A, whose ledger predates B's ownership.
+            a = Service("deliver", a_settings, tmp_path / "a.log")
+            records = await wait_for_count(a_settings, a_settings.topic_deliveries, 2, timeout=60)
+            assert a.terminate() == 0
+            a.close()
+        finally:
+            stop.set()
+            await processor_task
+    deliveries = values(records)
+    second = [d for d in deliveries if d["version"] == 2]
+    assert len(second) == 1
+    calls = [c for c in server.sim.calls() if c.idempotency_key == second[0]["idempotency_key"]]
+    assert len(calls) == 2 and calls[0].applied and calls[1].errcode == 72024  # B's call landed; A repeated it
+    assert second[0]["result"] == "already_applied", second[0]
+    takeovers = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()
+                 if '"deliverer_partition_taken_over"' in line]
+    assert [t["clean"] for t in takeovers] == [True, False]  # a new group's first owner; then after B's crash
+
+
+async def _log_line(service: Service, text: str, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in service.log_text():
+        assert service.alive(), service.log_text()[-3000:]
+        assert loop.time() < deadline, f"no {text!r} in the log"
+        await asyncio.sleep(0.1)
