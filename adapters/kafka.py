@@ -183,7 +183,12 @@ class TxnBatch:
         self._full: tuple[tuple[str, int], bytes | None, bytes | None, Sequence[tuple[str, bytes | None]] | None] | None = None
 
     def append(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
     ) -> bool:
         """Append a record; ``False`` when its batch is full: ``await ship_full()``,
         which ships that batch and appends the record to a fresh one.
@@ -210,7 +215,12 @@ class TxnBatch:
             raise BrokerError(f"record of {len(value or b'')} bytes does not fit a batch for {slot[0]}")
 
     async def add(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
     ) -> None:
         if not self.append(topic, partition, key, value, headers):
             await self.ship_full()
@@ -298,9 +308,7 @@ def read_to_end(
     # Imported here: the reader is built on this module's clients and errors.
     from adapters import partition_reader
 
-    return partition_reader.read_to_end(
-        settings, topic, start=start, read_committed=read_committed, chunk=chunk, timeout=timeout
-    )
+    return partition_reader.read_to_end(settings, topic, start=start, read_committed=read_committed, chunk=chunk, timeout=timeout)
 
 
 async def pipeline_partitions(

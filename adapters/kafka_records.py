@@ -125,7 +125,9 @@ def _bytes_field(buf: bytes | memoryview, pos: int, end: int) -> tuple[bytes | N
     return bytes(buf[pos : pos + length]), pos + length
 
 
-def _read_record(buf: bytes | memoryview, pos: int, end: int, base_offset: int, first_ts: int, max_ts: int, ts_type: int) -> ParsedRecord:
+def _read_record(
+    buf: bytes | memoryview, pos: int, end: int, base_offset: int, first_ts: int, max_ts: int, ts_type: int
+) -> ParsedRecord:
     """One record's body (``pos`` after its length varint, ``end`` after its last byte)."""
     _attributes, pos = _varint(buf, pos)
     ts_delta, pos = _varint(buf, pos)
@@ -150,7 +152,9 @@ def _read_record(buf: bytes | memoryview, pos: int, end: int, base_offset: int, 
     return ParsedRecord(base_offset + offset_delta, timestamp, ts_type, key, value, headers)
 
 
-def _unreadable(offset: int, timestamp: int, ts_type: int, problem: str, key: bytes | None = None, value: bytes | None = None) -> ParsedRecord:
+def _unreadable(
+    offset: int, timestamp: int, ts_type: int, problem: str, key: bytes | None = None, value: bytes | None = None
+) -> ParsedRecord:
     return ParsedRecord(offset, timestamp, ts_type, key, value, [], problem)
 
 
@@ -176,7 +180,9 @@ def parse_batch(batch: bytes | memoryview, after: int = -1) -> Iterator[ParsedRe
     at the offset it occupies, so the offsets yielded are strictly increasing
     and end at the batch's last offset at most.
     """
-    (base_offset, _length, _epoch, _magic, _crc, attributes, last_delta, first_ts, max_ts, _pid, _pepoch, _seq, count) = _HEADER.unpack_from(batch, 0)
+    (base_offset, _length, _epoch, _magic, _crc, attributes, last_delta, first_ts, max_ts, _pid, _pepoch, _seq, count) = (
+        _HEADER.unpack_from(batch, 0)
+    )
     ts_type = _LOG_APPEND_TIME if attributes & _TIMESTAMP_TYPE_BIT else 0
     last_offset = base_offset + last_delta
     body: bytes | memoryview = memoryview(batch)[_HEADER_SIZE:]
@@ -218,11 +224,25 @@ def parse_batch(batch: bytes | memoryview, after: int = -1) -> Iterator[ParsedRe
                 # position can be delivered once only).
                 if record.offset <= after:
                     continue
-                yield _unreadable(expected, record.timestamp, ts_type, f"record offset {record.offset} is not above {expected - 1}", record.key, record.value)
+                yield _unreadable(
+                    expected,
+                    record.timestamp,
+                    ts_type,
+                    f"record offset {record.offset} is not above {expected - 1}",
+                    record.key,
+                    record.value,
+                )
                 expected += 1
                 continue
             if record.offset > last_offset:
-                yield _unreadable(expected, record.timestamp, ts_type, f"record offset {record.offset} is past the batch's last offset {last_offset}", record.key, record.value)
+                yield _unreadable(
+                    expected,
+                    record.timestamp,
+                    ts_type,
+                    f"record offset {record.offset} is past the batch's last offset {last_offset}",
+                    record.key,
+                    record.value,
+                )
                 expected += 1
                 continue
             yield record
@@ -288,7 +308,9 @@ class TolerantMemoryRecords:
         if piece is None:
             return None
         if len(piece) < _MIN_V0_SLICE:
-            raise CorruptRecordException(f"Record size is less than the minimum record overhead ({_MIN_V0_SLICE - _LOG_OVERHEAD})")
+            raise CorruptRecordException(
+                f"Record size is less than the minimum record overhead ({_MIN_V0_SLICE - _LOG_OVERHEAD})"
+            )
         self._cache_next()
         self.current = piece
         magic = piece[_MAGIC_AT]
@@ -317,11 +339,18 @@ def _resume(partition_records: Any, batch: memoryview) -> Iterator[ConsumerRecor
             record = partition_records._consumer_record(tp, parsed)
         else:
             record = UnreadableRecord(
-                tp.topic, tp.partition, parsed.offset, parsed.timestamp, parsed.timestamp_type,
-                parsed.key, parsed.value, None,
+                tp.topic,
+                tp.partition,
+                parsed.offset,
+                parsed.timestamp,
+                parsed.timestamp_type,
+                parsed.key,
+                parsed.value,
+                None,
                 len(parsed.key) if parsed.key is not None else -1,
                 len(parsed.value) if parsed.value is not None else -1,
-                (), problem=parsed.problem,
+                (),
+                problem=parsed.problem,
             )
         partition_records.next_fetch_offset = parsed.offset + 1
         yield record

@@ -54,7 +54,9 @@ async def latest_records(
         while high > whole.log_start and len(found) < want and scanned < budget:
             low = max(high - min(window, budget - scanned), whole.log_start)
             chunk: list[ConsumerRecord] = []
-            async with contextlib.aclosing(reader.read({partition: PartitionRange(partition, low, high, whole.log_start)})) as batches:
+            async with contextlib.aclosing(
+                reader.read({partition: PartitionRange(partition, low, high, whole.log_start)})
+            ) as batches:
                 async for _, records, _ in batches:
                     chunk.extend(records)
             found.extend(r for r in reversed(chunk) if r.key == key)

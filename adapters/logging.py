@@ -372,9 +372,7 @@ def configure_logging(
         raise ConfigurationError(env_name("log_format"), f"must be one of {', '.join(_FORMATS)}, not {fmt!r}")
     level_no = logging.getLevelNamesMapping().get(level.upper())
     if level_no is None or level.upper() == "NOTSET":
-        raise ConfigurationError(
-            env_name("log_level"), f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}"
-        )
+        raise ConfigurationError(env_name("log_level"), f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {level!r}")
     out: IO[str] = stream if stream is not None else sys.stderr
     tty = _is_tty(out)
     use_json = fmt == "json" or (fmt == "auto" and not tty)

@@ -100,9 +100,7 @@ class Metrics:
         ns = NAMESPACE
 
         # Processor
-        self.events_total = Counter(
-            "events", "Input events by decision outcome", ["outcome"], namespace=ns, registry=r
-        )
+        self.events_total = Counter("events", "Input events by decision outcome", ["outcome"], namespace=ns, registry=r)
         self.dlq_total = Counter("dlq", "Records sent to the DLQ, by reason", ["reason"], namespace=ns, registry=r)
         self.batches_total = Counter("batches", "Batches processed and committed", namespace=ns, registry=r)
         self.batch_seconds = Histogram(
@@ -114,9 +112,7 @@ class Metrics:
         )
 
         # Deliverer
-        self.deliveries_total = Counter(
-            "deliveries", "Final delivery records, by result", ["result"], namespace=ns, registry=r
-        )
+        self.deliveries_total = Counter("deliveries", "Final delivery records, by result", ["result"], namespace=ns, registry=r)
         self.delivery_attempts_total = Counter(
             "delivery_attempts", "updatestatus attempts, first or retry", ["kind"], namespace=ns, registry=r
         )
@@ -152,9 +148,7 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        self.parked_appids = Gauge(
-            "parked_appids", "Appids parked until their quota resets", namespace=ns, registry=r
-        )
+        self.parked_appids = Gauge("parked_appids", "Appids parked until their quota resets", namespace=ns, registry=r)
         self.parked_appid = Gauge(
             "parked_appid",
             "1 while this appid is parked (quota, credentials); at most INVOICE_SM_METRICS_MAX_APPIDS series, the rest as _other",

@@ -31,9 +31,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # Kafka connection
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
-    )
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
     kafka_sasl_username: str | None = None
@@ -47,7 +45,9 @@ class Settings(BaseSettings):
         default="none", description="codec of the record batches this service writes (every codec is read)"
     )
     kafka_transaction_timeout_ms: int = Field(
-        default=60_000, ge=1000, description="the broker aborts a transaction open longer than this (the processor then re-initialises)"
+        default=60_000,
+        ge=1000,
+        description="the broker aborts a transaction open longer than this (the processor then re-initialises)",
     )
 
     # Topics
@@ -58,16 +58,23 @@ class Settings(BaseSettings):
     topic_delivery_waiting: str = "invoice.deliveries.waiting"
     topic_dlq: str = "invoice.events.dlq"
     topic_component: str = Field(
-        default="invoice.wechat.component", description="compacted: component verify tickets and authorization events (webhook -> deliverers)"
+        default="invoice.wechat.component",
+        description="compacted: component verify tickets and authorization events (webhook -> deliverers)",
     )
     topic_partitions: int = Field(default=6, ge=1, description="partitions when topics are created")
     topic_replication_factor: int = Field(default=1, ge=1)
     topic_min_insync_replicas: int | None = Field(
-        default=None, ge=1, description="min.insync.replicas of created topics (default: 2 when the replication factor is 3 or more, else 1)"
+        default=None,
+        ge=1,
+        description="min.insync.replicas of created topics (default: 2 when the replication factor is 3 or more, else 1)",
     )
-    topic_outcomes_retention_ms: int = Field(default=30 * 86_400_000, ge=-1, description="retention.ms of the outcomes topic (-1: never expires)")
+    topic_outcomes_retention_ms: int = Field(
+        default=30 * 86_400_000, ge=-1, description="retention.ms of the outcomes topic (-1: never expires)"
+    )
     topic_deliveries_retention_ms: int = Field(
-        default=30 * 86_400_000, ge=-1, description="retention.ms of the deliveries topic: long enough for reconciliation (-1: never expires)"
+        default=30 * 86_400_000,
+        ge=-1,
+        description="retention.ms of the deliveries topic: long enough for reconciliation (-1: never expires)",
     )
     topic_dlq_retention_ms: int = Field(default=30 * 86_400_000, ge=-1, description="retention.ms of the DLQ (-1: never expires)")
     allow_finite_event_retention: bool = Field(
@@ -84,7 +91,9 @@ class Settings(BaseSettings):
         default="sample", description="re-check produced records against their schema: every one, one per batch, or none"
     )
     state_dir: Path = Path("state")
-    state_cache_size: int = Field(default=200_000, ge=0, description="decoded invoice states kept in memory per process (shared by its partitions)")
+    state_cache_size: int = Field(
+        default=200_000, ge=0, description="decoded invoice states kept in memory per process (shared by its partitions)"
+    )
 
     # Deliverer
     deliverer_group_id: str = "invoice-sm-deliverer"
@@ -93,21 +102,30 @@ class Settings(BaseSettings):
     delivery_max_backoff_s: float = Field(default=30.0, gt=0)
     quota_reset_hour: int = Field(default=0, ge=0, le=23, description="hour (Asia/Shanghai) when a 45009 daily quota resets")
     quota_park_s: float | None = Field(default=None, gt=0, description="park on 45009 for this long instead of until reset")
-    minute_quota_wait_s: float | None = Field(default=None, gt=0, description="wait on 45011 for this long instead of until the next minute")
-    credential_park_s: float = Field(default=60.0, gt=0, description="retry an account whose credentials WeChat refused after this long")
+    minute_quota_wait_s: float | None = Field(
+        default=None, gt=0, description="wait on 45011 for this long instead of until the next minute"
+    )
+    credential_park_s: float = Field(
+        default=60.0, gt=0, description="retry an account whose credentials WeChat refused after this long"
+    )
     delivery_commit_interval_ms: int = Field(default=200, ge=10, description="how often finished deliveries are committed")
     delivery_max_pending: int = Field(default=20_000, ge=10, description="outcomes held per partition before fetching pauses")
     delivery_park_after_s: float = Field(
-        default=5.0, gt=0, description="a retry backoff longer than this moves the delivery to the waiting room, off the commit path"
+        default=5.0,
+        gt=0,
+        description="a retry backoff longer than this moves the delivery to the waiting room, off the commit path",
     )
     delivery_no_credentials_timeout_s: float = Field(
-        default=3600.0, gt=0, description="deliveries for an appid without credentials end failed/no_credentials after waiting this long"
+        default=3600.0,
+        gt=0,
+        description="deliveries for an appid without credentials end failed/no_credentials after waiting this long",
     )
     delivery_max_waiting: int = Field(
         default=200_000, ge=10, description="waiting deliveries held per partition before fetching pauses (memory bound)"
     )
     delivery_takeover_wait_s: float | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="after an unclean takeover, no call for this long (default: INVOICE_SM_WECHAT_TIMEOUT_S x 2 + 1, "
         "the longest a call of the previous owner can still be in flight)",
     )
@@ -161,7 +179,9 @@ class Settings(BaseSettings):
     status_scan_records: int = Field(
         default=1_000_000, ge=100, description="most records `status` reads back per topic partition to find an invoice's history"
     )
-    metrics_max_appids: int = Field(default=50, ge=1, description="per-appid metric series kept; further appids are counted as _other")
+    metrics_max_appids: int = Field(
+        default=50, ge=1, description="per-appid metric series kept; further appids are counted as _other"
+    )
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -221,7 +221,11 @@ class InvoiceStates:
     """
 
     def __init__(
-        self, store: PartitionStore, cache_size: int, decode: Callable[[bytes], InvoiceState], encode: Callable[[InvoiceState], bytes]
+        self,
+        store: PartitionStore,
+        cache_size: int,
+        decode: Callable[[bytes], InvoiceState],
+        encode: Callable[[InvoiceState], bytes],
     ) -> None:
         self.store = store
         self._cache: OrderedDict[str, InvoiceState] = OrderedDict()

@@ -544,9 +544,7 @@ class ComponentTokenProvider(CachingTokenProvider):
         self._component_appid = component_appid
         self._base_url = base_url.rstrip("/")
         self.on_refresh_token_rotated = on_refresh_token_rotated
-        self._refresh_tokens: dict[str, SecretStr] = {
-            appid: _as_secret(token) for appid, token in refresh_tokens.items()
-        }
+        self._refresh_tokens: dict[str, SecretStr] = {appid: _as_secret(token) for appid, token in refresh_tokens.items()}
         self._component = _ComponentAccessTokenProvider(
             http,
             component_appid=component_appid,
@@ -616,8 +614,7 @@ class ComponentTokenProvider(CachingTokenProvider):
         if refresh is None:
             raise MissingCredentialsError(
                 NO_CREDENTIALS_ERRCODE,
-                f"no authorizer_refresh_token for authorizer appid {appid} "
-                f"(set {env_name('wechat_authorizer_refresh_tokens')})",
+                f"no authorizer_refresh_token for authorizer appid {appid} (set {env_name('wechat_authorizer_refresh_tokens')})",
             )
         data: dict[str, Any] = {}
         # Two attempts at most: the second only after the component token was refused.
@@ -693,9 +690,7 @@ class ExternalTokenProvider(CachingTokenProvider):
         super().__init__(refresh_margin_s=refresh_margin_s, clock=clock, on_refresh=on_refresh)
         url_setting, command_setting = env_name("wechat_token_url"), env_name("wechat_token_command")
         if (token_url is None) == (command is None):
-            raise ConfigurationError(
-                f"{url_setting} or {command_setting}", "exactly one is required by token mode 'external'"
-            )
+            raise ConfigurationError(f"{url_setting} or {command_setting}", "exactly one is required by token mode 'external'")
         self._argv: list[str] = []
         if token_url is not None:
             if http is None:

@@ -87,33 +87,81 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
     invoice_key = "invoice key"  # "{card_id}/{code}"
     return [
         TopicSpec(
-            settings.topic_events, "events", invoice_key, "delete", FOREVER, n, rf, isr,
+            settings.topic_events,
+            "events",
+            invoice_key,
+            "delete",
+            FOREVER,
+            n,
+            rf,
+            isr,
             "lifecycle events (CloudEvents 1.0) from upstream and the webhook; the source of truth, never expires",
         ),
         TopicSpec(
-            settings.topic_outcomes, "outcomes", invoice_key, "delete", settings.topic_outcomes_retention_ms, n, rf, isr,
+            settings.topic_outcomes,
+            "outcomes",
+            invoice_key,
+            "delete",
+            settings.topic_outcomes_retention_ms,
+            n,
+            rf,
+            isr,
             "one decision per valid event (and reconcile's repair records), read by the deliverer and analytics",
         ),
         TopicSpec(
-            settings.topic_state, "state", invoice_key, "compact", None, n, rf, isr,
+            settings.topic_state,
+            "state",
+            invoice_key,
+            "compact",
+            None,
+            n,
+            rf,
+            isr,
             "latest state per invoice: the changelog local state is restored from (as many partitions as events)",
         ),
         TopicSpec(
-            settings.topic_deliveries, "deliveries", invoice_key, "delete", settings.topic_deliveries_retention_ms,
-            n, rf, isr, "one final WeChat delivery record per accepted outcome; reconcile reads it",
+            settings.topic_deliveries,
+            "deliveries",
+            invoice_key,
+            "delete",
+            settings.topic_deliveries_retention_ms,
+            n,
+            rf,
+            isr,
+            "one final WeChat delivery record per accepted outcome; reconcile reads it",
         ),
         TopicSpec(
-            settings.topic_delivery_waiting, "waiting", "idempotency key", "compact", None, n, rf, isr,
+            settings.topic_delivery_waiting,
+            "waiting",
+            "idempotency key",
+            "compact",
+            None,
+            n,
+            rf,
+            isr,
             "deliveries waiting off the commit path (parked account, long backoff) and each partition's "
             "ownership marker: the deliverer's changelog (as many partitions as outcomes)",
         ),
         TopicSpec(
-            settings.topic_dlq, "dlq", "original key", "delete", settings.topic_dlq_retention_ms, n, rf, isr,
+            settings.topic_dlq,
+            "dlq",
+            "original key",
+            "delete",
+            settings.topic_dlq_retention_ms,
+            n,
+            rf,
+            isr,
             "input that could not be decided: original bytes and headers plus dlq.* headers",
         ),
         TopicSpec(
-            settings.topic_component, "component", "component appid (ticket) or component_appid/authorizer_appid",
-            "compact", None, n, rf, isr,
+            settings.topic_component,
+            "component",
+            "component appid (ticket) or component_appid/authorizer_appid",
+            "compact",
+            None,
+            n,
+            rf,
+            isr,
             "component verify tickets and authorization events pushed by WeChat, written by the webhook; "
             "every deliverer instance reads all of it (third-party platform mode)",
         ),
@@ -170,9 +218,14 @@ async def explain_connect_failure(settings: Settings) -> None:
     try:
         conn = await asyncio.wait_for(
             create_conn(
-                host, int(port), client_id=settings.kafka_client_id, request_timeout_ms=10_000,
-                ssl_context=options.get("ssl_context"), security_protocol=settings.kafka_security_protocol,
-                sasl_mechanism=options.get("sasl_mechanism"), sasl_plain_username=options.get("sasl_plain_username"),
+                host,
+                int(port),
+                client_id=settings.kafka_client_id,
+                request_timeout_ms=10_000,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=settings.kafka_security_protocol,
+                sasl_mechanism=options.get("sasl_mechanism"),
+                sasl_plain_username=options.get("sasl_plain_username"),
                 sasl_plain_password=options.get("sasl_plain_password"),
             ),
             15,
@@ -320,7 +373,9 @@ async def refuse_truncated_history(settings: Settings, what: str, *, force: bool
     )
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, *, create: bool | None = None) -> dict[str, int]:
+async def ensure_topics(
+    settings: Settings, specs: Iterable[TopicSpec] | None = None, *, create: bool | None = None
+) -> dict[str, int]:
     """Create missing topics from the table (or ``specs``); return partition counts.
 
     ``create`` defaults to ``INVOICE_SM_CREATE_TOPICS``. Fails with

@@ -119,13 +119,13 @@ async def read_rooms(settings: Settings, partitions: Iterable[int]) -> dict[int,
                 if record.value is not None:
                     room.marker = decode_marker(record.value)
             elif record.key.startswith(ENTRY_PREFIX):
-                key = record.key[len(ENTRY_PREFIX):].decode()
+                key = record.key[len(ENTRY_PREFIX) :].decode()
                 if record.value is None:
                     room.entries.pop(key, None)
                 else:
                     room.entries[key] = decode_entry(record.value)
             elif record.key.startswith(DONE_PREFIX):
-                key = record.key[len(DONE_PREFIX):].decode()
+                key = record.key[len(DONE_PREFIX) :].decode()
                 if record.value is None:
                     room.done.discard(key)
                 else:

@@ -207,9 +207,7 @@ class WeChatClient:
             max_connections=settings.delivery_concurrency + 1,
             transport=transport,
         )
-        tokens = build_token_provider(
-            settings, http, on_refresh=on_refresh, on_refresh_token_rotated=on_refresh_token_rotated
-        )
+        tokens = build_token_provider(settings, http, on_refresh=on_refresh, on_refresh_token_rotated=on_refresh_token_rotated)
         return cls(tokens, base_url=settings.wechat_base_url, client=http, owns_client=True, owns_tokens=True)
 
     @property
@@ -287,9 +285,7 @@ class WeChatClient:
             self._token_url = (token.value, url)
         return url
 
-    async def _send(
-        self, token: AccessToken, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, str, int]:
+    async def _send(self, token: AccessToken, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, str, int]:
         """One HTTP call: ``(errcode, errmsg, http_status)`` of a JSON answer, or a ``WeChatError``."""
         error: WeChatError | None = None
         response: httpx.Response | None = None
@@ -394,7 +390,8 @@ def _parse_answer(response: httpx.Response, token: AccessToken) -> tuple[int, st
     if errcode is None:
         if success:
             raise UnknownResultError(
-                -1, f"HTTP {status} without an errcode, not WeChat's answer: the update may have been applied",
+                -1,
+                f"HTTP {status} without an errcode, not WeChat's answer: the update may have been applied",
                 http_status=status,
             )
         raise PermanentWeChatError(-1, f"HTTP {status} from WeChat without an errcode", http_status=status)

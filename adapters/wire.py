@@ -34,9 +34,7 @@ from domain.status import EVENT_TYPE_ORIGINS, EVENT_TYPE_TARGETS, Origin, Reimbu
 _END = r"$(?!\n)"
 #: Card ids, codes and appids are short ASCII tokens; ``/`` would break the key.
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}" + _END
-RFC3339_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})" + _END
-)
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})" + _END
 #: Event ids are opaque but printable (no C0 or C1 control): a control character in an id would end
 #: up in outcomes, logs and DLQ headers.
 EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,256}" + _END
@@ -58,12 +56,14 @@ DLQ_REASONS: dict[str, str] = {
     "not_utf8": "the value is not UTF-8",
     "not_json": "the value is not JSON",
     "not_cloudevent": "the JSON is not a CloudEvents 1.0 event (missing or mistyped attribute)",
-    "unsupported_content_type": "the content-type (header or datacontenttype) is not JSON, or names a CloudEvents mode other than structured JSON",
+    "unsupported_content_type": (
+        "the content-type (header or datacontenttype) is not JSON, or names a CloudEvents mode other than structured JSON"
+    ),
     "unknown_type": "the event type is not one invoice-sm knows",
     "invalid_data": "data is missing a field, has a malformed one, or contradicts the type",
-    "key_mismatch": "the Kafka key (the CloudEvents partitionkey) is missing or is not the invoice key card_id/code",
+    "key_mismatch": "the Kafka key (the CloudEvents partitionkey) is missing or not the invoice key card_id/code",
     "bad_header": "a header name is not UTF-8, or a ce_* header is empty or not UTF-8",
-    "unreadable_record": "the Kafka client could not parse the record itself (kept by position, raw bytes where they could be had)",
+    "unreadable_record": "the Kafka client could not parse the record (kept by position, with raw bytes where they could be had)",
 }
 
 
@@ -266,6 +266,7 @@ _BATCH_OVERHEAD = 128
 #: Original headers keep at most this share of a DLQ record's budget.
 _HEADER_BUDGET_SHARE = 4
 
+
 def _safe_header_name(name: str) -> str:
     """A header name the producer can write back: one aiokafka read with
     ``surrogateescape`` (not UTF-8 on the wire) is written escaped."""
@@ -369,7 +370,9 @@ def _header_map(headers: Headers) -> dict[str, bytes | None]:
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:
-                raise InvalidEventError("bad_header", f"header name {name.encode('utf-8', 'backslashreplace')[:80]!r} is not UTF-8") from None
+                raise InvalidEventError(
+                    "bad_header", f"header name {name.encode('utf-8', 'backslashreplace')[:80]!r} is not UTF-8"
+                ) from None
         out[name.lower()] = value
     return out
 
@@ -477,8 +480,12 @@ def decode_event(key: bytes | None, value: bytes | None, headers: Headers = None
         if content_type is not None:
             lowered = content_type.lower()
             if lowered.startswith(b"application/cloudevents"):
-                if not lowered.startswith(STRUCTURED_CONTENT_TYPE.encode()) or lowered.startswith(b"application/cloudevents-batch"):
-                    raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}: only structured JSON mode is read")
+                if not lowered.startswith(STRUCTURED_CONTENT_TYPE.encode()) or lowered.startswith(
+                    b"application/cloudevents-batch"
+                ):
+                    raise InvalidEventError(
+                        "unsupported_content_type", f"content-type {content_type[:80]!r}: only structured JSON mode is read"
+                    )
             elif "ce_specversion" in hdrs:
                 return _decode_binary(key, value, hdrs)
             elif b"json" not in lowered:

@@ -53,7 +53,9 @@ def _load(name: str) -> ModuleType | None:
 
 def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run invoice-sm benchmarks.")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME", help=f"run only these suites (of: {', '.join(modules)})")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help=f"run only these suites (of: {', '.join(modules)})"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
     parser.add_argument("--bootstrap", metavar="HOST:PORT", help="use this broker instead of starting a local one")

@@ -113,8 +113,11 @@ class CeilingPipe(ConsumerRebalanceListener):
                 # The processor's own loop (adapters.kafka.pipeline_partitions):
                 # the ceiling pipelines partitions exactly as the processor does.
                 await kafka.pipeline_partitions(
-                    consumer, stop, self._start_batch,
-                    timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records,
+                    consumer,
+                    stop,
+                    self._start_batch,
+                    timeout_ms=settings.batch_timeout_ms,
+                    max_records=settings.batch_max_records,
                 )
             finally:
                 await self.on_partitions_revoked(list(self.producers))

@@ -79,7 +79,9 @@ async def _bench(ctx: BenchContext, p: dict[str, Any], cluster: LocalKafkaCluste
         "summary": {
             "events_per_s": medians,
             "ratio_cluster_to_single": round(medians["cluster"] / medians["single"], 3),
-            "ratio_per_round": [round(c["events_per_s"] / s["events_per_s"], 3) for c, s in zip(runs["cluster"], runs["single"], strict=True)],
+            "ratio_per_round": [
+                round(c["events_per_s"] / s["events_per_s"], 3) for c, s in zip(runs["cluster"], runs["single"], strict=True)
+            ],
         },
     }
 
@@ -95,10 +97,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     s = result["summary"]
     columns = ["broker", "replication", "events/s (median)", "per round"]
     rows = [
-        ["single node", "RF 1, min ISR 1", f"{s['events_per_s']['single']:,.0f}",
-         ", ".join(f"{x['events_per_s']:,.0f}" for x in result["runs"]["single"])],
-        ["3-node cluster", "RF 3, min ISR 2", f"{s['events_per_s']['cluster']:,.0f}",
-         ", ".join(f"{x['events_per_s']:,.0f}" for x in result["runs"]["cluster"])],
+        [
+            "single node",
+            "RF 1, min ISR 1",
+            f"{s['events_per_s']['single']:,.0f}",
+            ", ".join(f"{x['events_per_s']:,.0f}" for x in result["runs"]["single"]),
+        ],
+        [
+            "3-node cluster",
+            "RF 3, min ISR 2",
+            f"{s['events_per_s']['cluster']:,.0f}",
+            ", ".join(f"{x['events_per_s']:,.0f}" for x in result["runs"]["cluster"]),
+        ],
         ["cluster / single", "", f"{s['ratio_cluster_to_single']:.2f}", ", ".join(f"{x:.2f}" for x in s["ratio_per_round"])],
     ]
     title = (
@@ -106,7 +116,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         f"{result['machine']['cpu_count']} CPUs, {result['machine']['date']})"
     )
     json_path, md_path = ctx.write_results(
-        "cluster", result, columns, rows, title=title,
+        "cluster",
+        result,
+        columns,
+        rows,
+        title=title,
         notes=(__doc__ or "").strip() + f"\n\n{p['events']:,} events, {p['invoices']:,} invoices, {PARTITIONS} partitions, "
         f"{p['rounds']} rounds. Suite runtime: {result['suite_seconds']} s.",
     )

@@ -184,7 +184,9 @@ def encoded_events(n_events: int, n_invoices: int, seed: int = 7) -> list[tuple[
     return [_encode_event(ev) for ev in event_stream(n_events, n_invoices, seed)]
 
 
-def random_touch_events(n_events: int, n_invoices: int, seed: int = 11, touched: set[int] | None = None) -> Iterator[tuple[bytes, bytes]]:
+def random_touch_events(
+    n_events: int, n_invoices: int, seed: int = 11, touched: set[int] | None = None
+) -> Iterator[tuple[bytes, bytes]]:
     """``n_events`` events on invoices drawn uniformly from ``card(0..n_invoices-1)``;
     the drawn invoice numbers are added to ``touched`` if given."""
     from tests.factories import card, event
@@ -395,7 +397,9 @@ class BenchContext:
             self._bootstrap = self._bootstrap()
         return str(self._bootstrap)
 
-    def write_results(self, name: str, data: dict[str, Any], columns: Sequence[str], rows: Sequence[Sequence[Any]], **kwargs: Any) -> tuple[Path, Path]:
+    def write_results(
+        self, name: str, data: dict[str, Any], columns: Sequence[str], rows: Sequence[Sequence[Any]], **kwargs: Any
+    ) -> tuple[Path, Path]:
         """:func:`write_results` into ``results_dir``; a ``--quick`` run writes
         ``<name>-quick.*`` so it never overwrites the figures of a full run."""
         return write_results(f"{name}-quick" if self.quick else name, data, columns, rows, results_dir=self.results_dir, **kwargs)
@@ -594,7 +598,9 @@ def machine_info() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True, timeout=10)
         info["git_commit"] = commit.stdout.strip() or None
         # Figures depend on uncommitted work too: name the files that differ.
-        status = subprocess.run(["git", "status", "--porcelain"], check=False, cwd=REPO, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], check=False, cwd=REPO, capture_output=True, text=True, timeout=10
+        )
         info["git_uncommitted"] = [line[3:] for line in status.stdout.splitlines() if not line[3:].startswith("bench/")]
         diff = subprocess.run(["git", "diff", "HEAD"], check=False, cwd=REPO, capture_output=True, timeout=10)
         info["git_diff_sha1"] = hashlib.sha1(diff.stdout, usedforsecurity=False).hexdigest() if diff.stdout else None

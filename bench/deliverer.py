@@ -139,7 +139,9 @@ TARGET_P99_MS = 250.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("deliverer suite")
-    g.add_argument("--deliverer-parts", help="comma-separated subset of: " + ", ".join(PARTS) + " (default all; profile only if needed)")
+    g.add_argument(
+        "--deliverer-parts", help="comma-separated subset of: " + ", ".join(PARTS) + " (default all; profile only if needed)"
+    )
     g.add_argument("--deliverer-concurrency", help="concurrencies of the deliverer (default 1,16,64,256)")
     g.add_argument("--deliverer-peer-concurrency", help="threads / tasks of the peers (default 16,64,256)")
     g.add_argument("--deliverer-latency-ms", type=int, default=20, help="simulator latency added to every call (default 20)")
@@ -148,15 +150,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--deliverer-max-deliveries", type=int, help="maximum deliveries per point (default 4000; quick 400)")
     g.add_argument("--deliverer-rounds", type=int, help="rounds of all points (default 2; quick 1)")
     g.add_argument(
-        "--deliverer-rate-limit", type=float, default=500.0,
+        "--deliverer-rate-limit",
+        type=float,
+        default=500.0,
         help="rate limit of the rate-bound point (default 500/s; lowered when the deliverer cannot exceed it, so that it binds)",
     )
     g.add_argument("--deliverer-event-rate", type=float, default=1000.0, help="events/s of the latency part (default 1000)")
     g.add_argument("--deliverer-seconds", type=float, help="measured seconds of the latency part (default 9; quick 1)")
     g.add_argument(
-        "--deliverer-processes", type=int, default=2,
+        "--deliverer-processes",
+        type=int,
+        default=2,
         help="also run this many deliverer processes in one group at the "
-             "largest concurrency and in the latency part (default 2; 1 = off)",
+        "largest concurrency and in the latency part (default 2; 1 = off)",
     )
 
 
@@ -298,7 +304,17 @@ class SimulatorProcess:
 
         from devtools.simulator.control import SimulatorControl
 
-        self.child = Child("devtools.simulator", "--host", "127.0.0.1", "--port", "0", "--latency-ms", str(latency_ms), *extra_args, log_path=log_path)
+        self.child = Child(
+            "devtools.simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(latency_ms),
+            *extra_args,
+            log_path=log_path,
+        )
         deadline = time.monotonic() + timeout
         while True:
             match = re.search(r"listening on (http://\S+)", self.child.log_text())
@@ -396,8 +412,10 @@ async def wait_calls(
         if time.monotonic() > deadline:
             if partial_ok:
                 return watch
-            raise TimeoutError(f"{len(watch.calls)}/{expected} successful calls on {prefix}* "
-                               f"after {timeout:.0f} s (failed: {dict(watch.failed)})")
+            raise TimeoutError(
+                f"{len(watch.calls)}/{expected} successful calls on {prefix}* "
+                f"after {timeout:.0f} s (failed: {dict(watch.failed)})"
+            )
         await asyncio.sleep(interval)
 
 
@@ -519,7 +537,9 @@ async def run_deliverer(
         if profile_path is None:
             children.append(Child("consumers.cli", "deliver", env=child_env, log_path=log_path))
         else:
-            children.append(Child("cProfile", "-o", str(profile_path), "-m", "consumers.cli", "deliver", env=child_env, log_path=log_path))
+            children.append(
+                Child("cProfile", "-o", str(profile_path), "-m", "consumers.cli", "deliver", env=child_env, log_path=log_path)
+            )
     child = children[0]
     procs = {"simulator": sim.proc} | {f"contender{i}": psutil.Process(ch.pid) for i, ch in enumerate(children)}
 
@@ -571,7 +591,9 @@ async def run_deliverer(
         "log": str(child.log_path),
     }
     if deliveries != count:
-        raise RuntimeError(f"deliverer c={concurrency}: {deliveries} delivery records, expected {count}:\n{log_tail(child.log_path)}")
+        raise RuntimeError(
+            f"deliverer c={concurrency}: {deliveries} delivery records, expected {count}:\n{log_tail(child.log_path)}"
+        )
     if code not in (0, None):
         # Every delivery was made and recorded, but the clean stop (SIGTERM) failed: report it, keep the figure.
         result["warning"] = f"exit code {code} after SIGTERM"
@@ -612,7 +634,16 @@ async def run_peer(ctx: BenchContext, sim: SimulatorProcess, *, mode: str, concu
     log_path = ctx.workdir / "logs" / f"{name}-{mode}.log"
     spawned = time.time()
     child = Child(
-        "bench.deliverer", mode, "--base-url", sim.base_url, "--prefix", prefix, "--count", str(count), "--concurrency", str(concurrency),
+        "bench.deliverer",
+        mode,
+        "--base-url",
+        sim.base_url,
+        "--prefix",
+        prefix,
+        "--count",
+        str(count),
+        "--concurrency",
+        str(concurrency),
         log_path=log_path,
     )
     exited: list[float] = []
@@ -675,7 +706,12 @@ async def run_peer(ctx: BenchContext, sim: SimulatorProcess, *, mode: str, concu
 def latency_stream(total: int, invoices: int, prefix: str) -> Iterator[tuple[int, str, str, str, int]]:
     """``(i, card_id, code, status, version)``: invoice ``i % invoices`` takes
     step ``i // invoices`` of lock -> unlock -> lock -> close (all legal, all accepted)."""
-    steps = (("invoice.reimbursement.locked", 1), ("invoice.reimbursement.unlocked", 2), ("invoice.reimbursement.locked", 3), ("invoice.reimbursement.closed", 4))
+    steps = (
+        ("invoice.reimbursement.locked", 1),
+        ("invoice.reimbursement.unlocked", 2),
+        ("invoice.reimbursement.locked", 3),
+        ("invoice.reimbursement.closed", 4),
+    )
     if total > len(steps) * invoices:
         raise ValueError(f"{total} events need at least {-(-total // len(steps))} invoices")
     for i in range(total):
@@ -711,8 +747,15 @@ async def paced_publish(
                 key = f"{card_id}/{code}".encode()
                 ts = time.time()
                 value = encoder.encode(
-                    {"specversion": "1.0", "id": event_id, "source": "/bench/deliverer", "type": event_type, "time": utc_ms(ts),
-                     "subject": key.decode(), "data": {"card_id": card_id, "code": code, "appid": APPID}}
+                    {
+                        "specversion": "1.0",
+                        "id": event_id,
+                        "source": "/bench/deliverer",
+                        "type": event_type,
+                        "time": utc_ms(ts),
+                        "subject": key.decode(),
+                        "data": {"card_id": card_id, "code": code, "appid": APPID},
+                    }
                 )
                 futures.append(await producer.send(topic, value, key=key, partition=common.partition_for(key, PARTITIONS)))
                 published[event_id] = ts
@@ -724,7 +767,14 @@ async def paced_publish(
 
 
 async def latency(
-    ctx: BenchContext, sim: SimulatorProcess, p: dict[str, Any], *, rate: float, seconds: float, drain_cap: float, processes: int = 1
+    ctx: BenchContext,
+    sim: SimulatorProcess,
+    p: dict[str, Any],
+    *,
+    rate: float,
+    seconds: float,
+    drain_cap: float,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Processor + deliverer children; events at a steady ``rate`` for warm-up +
     ``seconds``; then up to ``drain_cap`` s for the last calls. Undelivered
@@ -744,7 +794,9 @@ async def latency(
     processor = Child("consumers.cli", "process", env=env, log_path=logs / f"{name}-processor.log")
     deliverers = [
         Child(
-            "consumers.cli", "deliver", log_path=logs / f"{name}-deliverer{i or ''}.log",
+            "consumers.cli",
+            "deliver",
+            log_path=logs / f"{name}-deliverer{i or ''}.log",
             env=env if i == 0 else {**env, "INVOICE_SM_STATE_DIR": str(Path(settings.state_dir) / f"d{i}")},
         )
         for i in range(processes)
@@ -769,7 +821,14 @@ async def latency(
                 d.check_alive()
 
         watch = await wait_calls(
-            sim.control, since=since, prefix=prefix, expected=total, timeout=drain_cap, alive=alive, interval=0.25, partial_ok=True
+            sim.control,
+            since=since,
+            prefix=prefix,
+            expected=total,
+            timeout=drain_cap,
+            alive=alive,
+            interval=0.25,
+            partial_ok=True,
         )
         cutoff = time.time()
     finally:
@@ -838,7 +897,7 @@ async def latency(
         "publish_to_processed_ms": rounded(percentiles(proc_ms)),
         "processed_to_call_ms": rounded(percentiles(deliver_ms)),
         "method": "latency = simulator call record time (decided, after its "
-                  "20 ms) - publish wall clock, first successful call per "
+        "20 ms) - publish wall clock, first successful call per "
         "idempotency key, warm-up events excluded; an event not called by the cut-off counts as (cut-off - publish), a lower "
         "bound ('censored'); split at the outcome's processed_at (ms precision)",
         "logs": [str(processor.log_path), *(str(d.log_path) for d in deliverers)],
@@ -872,9 +931,13 @@ def _package(path: str) -> str:
 
 #: Named call trees whose cumulative time the profile reports (file suffix, function).
 HOTSPOTS: dict[str, tuple[str, str]] = {
-    "the WeChat call (adapters.wechat.WeChatClient.update_status: token, request, httpx, transport, answer)": ("adapters/wechat.py", "update_status"),
+    "the WeChat call (adapters.wechat.WeChatClient.update_status: token, request, httpx, transport, answer)": (
+        "adapters/wechat.py",
+        "update_status",
+    ),
     "  within it, the aiohttp transport (adapters.http_transport.AiohttpTransport and aiohttp)": (
-        "adapters/http_transport.py", "handle_async_request",
+        "adapters/http_transport.py",
+        "handle_async_request",
     ),
     "  within it, httpx AsyncClient.send (includes the transport)": ("httpx/_client.py", "send"),
     "deliverer: commit (delivery records + offsets, one Kafka transaction per partition)": ("consumers/deliverer.py", "commit"),
@@ -899,7 +962,14 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
 
     rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     by_tottime = [
-        {"function": label(f), "ncalls": v[1], "tottime_s": round(v[2], 3), "cumtime_s": round(v[3], 3), "share": round(v[2] / total, 3)} for f, v in rows
+        {
+            "function": label(f),
+            "ncalls": v[1],
+            "tottime_s": round(v[2], 3),
+            "cumtime_s": round(v[3], 3),
+            "share": round(v[2] / total, 3),
+        }
+        for f, v in rows
     ]
     rows = sorted(raw.items(), key=lambda kv: kv[1][3], reverse=True)[: top * 2]
     by_cumtime = [{"function": label(f), "ncalls": v[1], "cumtime_s": round(v[3], 3)} for f, v in rows]
@@ -909,7 +979,9 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
     hotspots = []
     for name, (file_end, fn) in HOTSPOTS.items():
         cum = max((v[3] for (file, _, f), v in raw.items() if f == fn and file.endswith(file_end)), default=0.0)
-        hotspots.append({"what": name, "function": f"{file_end}({fn})", "cumtime_s": round(cum, 3), "share_of_cpu": round(cum / total, 3)})
+        hotspots.append(
+            {"what": name, "function": f"{file_end}({fn})", "cumtime_s": round(cum, 3), "share_of_cpu": round(cum / total, 3)}
+        )
     return {
         "total_tottime_s": round(total, 3),
         "hotspots": hotspots,
@@ -978,14 +1050,22 @@ async def throughput(ctx: BenchContext, sim: SimulatorProcess, p: dict[str, Any]
         order = points if r % 2 == 0 else _reverse_within(points)
         if r >= p["diagnostic_rounds"]:
             # Later rounds: the required comparisons only (invoice-sm, wechatpy); c=1 is serial and long: once.
-            order = [pt for pt in order if pt[0] in ("invoice-sm", "wechatpy", "aiohttp") and pt[1] != 1 and not (pt[0] == "aiohttp" and pt[1] != largest)]
+            order = [
+                pt
+                for pt in order
+                if pt[0] in ("invoice-sm", "wechatpy", "aiohttp") and pt[1] != 1 and not (pt[0] == "aiohttp" and pt[1] != largest)
+            ]
         for contender, c, rate_limit in order:
             if contender == MULTI:
                 res = await run_deliverer(ctx, sim, concurrency=c, count=deliveries_for(c, p), processes=p["processes"])
             elif contender == "invoice-sm":
                 if rate_limit == RATE_BOUND:
                     if rate_limit_used is None:
-                        same = [x for x in runs if x["contender"] == "invoice-sm" and x["concurrency"] == c and x["rate_limit"] >= UNLIMITED_RATE]
+                        same = [
+                            x
+                            for x in runs
+                            if x["contender"] == "invoice-sm" and x["concurrency"] == c and x["rate_limit"] >= UNLIMITED_RATE
+                        ]
                         rate_limit_used = binding_rate_limit(p["rate_limit"], _median([x["rate_per_s"] for x in same]))
                     rate_limit = rate_limit_used
                     n = int(rate_limit + rate_limit * p["rate_steady_seconds"])  # the bucket's initial burst + steady seconds
@@ -1027,8 +1107,11 @@ def _reverse_within(points: list[tuple[str, int, float]]) -> list[tuple[str, int
 def summarise(runs: list[dict[str, Any]], p: dict[str, Any]) -> dict[str, Any]:
     def select(contender: str, c: int, limited: bool = False, processes: int = 1) -> list[dict[str, Any]]:
         return [
-            x for x in runs
-            if x["contender"] == contender and x["concurrency"] == c and (x.get("rate_limit", UNLIMITED_RATE) < UNLIMITED_RATE) == limited
+            x
+            for x in runs
+            if x["contender"] == contender
+            and x["concurrency"] == c
+            and (x.get("rate_limit", UNLIMITED_RATE) < UNLIMITED_RATE) == limited
             and x.get("processes", 1) == processes
         ]
 
@@ -1095,7 +1178,9 @@ def summarise(runs: list[dict[str, Any]], p: dict[str, Any]) -> dict[str, Any]:
             }
             if out["multi"] and out["multi"]["concurrency"] == c:
                 m = out["multi"]
-                m.setdefault("over_peer", {})[peer] = round(m["rate_per_s"] / out["peers"][peer][c]["rate_per_s"], 3) if m["rate_per_s"] else None
+                m.setdefault("over_peer", {})[peer] = (
+                    round(m["rate_per_s"] / out["peers"][peer][c]["rate_per_s"], 3) if m["rate_per_s"] else None
+                )
     return out
 
 
@@ -1115,7 +1200,18 @@ def _ms(value: float | None) -> str:
 def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """One row per concurrency (invoice-sm beside its limit and the peers), then
     the rate-bound point, the latency runs and the profile."""
-    columns = ["measure", "limit", "invoice-sm", "ratio to limit", "wechatpy", "ours / wechatpy", "WeChatClient alone", "bare aiohttp", "ours / aiohttp", "note"]
+    columns = [
+        "measure",
+        "limit",
+        "invoice-sm",
+        "ratio to limit",
+        "wechatpy",
+        "ours / wechatpy",
+        "WeChatClient alone",
+        "bare aiohttp",
+        "ours / aiohttp",
+        "note",
+    ]
     rows: list[list[Any]] = []
     rate = common.fmt_rate
     t = result.get("throughput")
@@ -1128,7 +1224,9 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             cl = peers.get("client", {}).get(c, {})
             ah = peers.get("aiohttp", {}).get(c, {})
             cpu = [("ours", x), ("wechatpy", wp), ("WeChatClient", cl), ("aiohttp", ah)]
-            note = "CPU us/call: " + ", ".join(f"{n} {d['cpu_us_per_call']:,.0f}" for n, d in cpu if d.get("cpu_us_per_call") is not None)
+            note = "CPU us/call: " + ", ".join(
+                f"{n} {d['cpu_us_per_call']:,.0f}" for n, d in cpu if d.get("cpu_us_per_call") is not None
+            )
             if x.get("target_ratio"):
                 note += f"; target ratio >= {x['target_ratio']}: {'met' if x.get('target_met') else 'NOT met'}"
             for name, d in (("wechatpy", wp), ("aiohttp", ah)):
@@ -1138,18 +1236,38 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             note += "".join(f"; WARNING {w}" for w in x.get("warnings", []))
             limit = x.get("limit_per_s") or c / (result["parameters"]["latency_ms"] / 1000)
             rows.append(
-                [f"deliveries/s, concurrency {c}", rate(limit), rate(x.get("rate_per_s")), common.fmt_ratio(x.get("ratio_to_limit")),
-                 rate(wp.get("rate_per_s")), common.fmt_ratio(wp.get("ours_over_peer")), rate(cl.get("rate_per_s")), rate(ah.get("rate_per_s")),
-                 common.fmt_ratio(ah.get("ours_over_peer")), note]
+                [
+                    f"deliveries/s, concurrency {c}",
+                    rate(limit),
+                    rate(x.get("rate_per_s")),
+                    common.fmt_ratio(x.get("ratio_to_limit")),
+                    rate(wp.get("rate_per_s")),
+                    common.fmt_ratio(wp.get("ours_over_peer")),
+                    rate(cl.get("rate_per_s")),
+                    rate(ah.get("rate_per_s")),
+                    common.fmt_ratio(ah.get("ours_over_peer")),
+                    note,
+                ]
             )
         m = s.get("multi")
         if m:
             over = m.get("over_peer", {})
             rows.append(
-                [(f"deliveries/s, concurrency {m['concurrency']}, {m['processes']} deliverer "
-                 f"processes (one group, {m['concurrency'] // m['processes']} each)"),
-                 rate(m["limit_per_s"]), rate(m["rate_per_s"]), common.fmt_ratio(m["ratio_to_limit"]), "", common.fmt_ratio(over.get("wechatpy")),
-                 "", "", common.fmt_ratio(over.get("aiohttp")), f"CPU us/call (all processes) {m['cpu_us_per_call']}"]
+                [
+                    (
+                        f"deliveries/s, concurrency {m['concurrency']}, {m['processes']} deliverer "
+                        f"processes (one group, {m['concurrency'] // m['processes']} each)"
+                    ),
+                    rate(m["limit_per_s"]),
+                    rate(m["rate_per_s"]),
+                    common.fmt_ratio(m["ratio_to_limit"]),
+                    "",
+                    common.fmt_ratio(over.get("wechatpy")),
+                    "",
+                    "",
+                    common.fmt_ratio(over.get("aiohttp")),
+                    f"CPU us/call (all processes) {m['cpu_us_per_call']}",
+                ]
             )
         rb = s.get("rate_bound")
         if rb:
@@ -1160,8 +1278,18 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             if rb["rate_limit"] != rb["rate_limit_configured"]:
                 note += f"; {rb['rate_limit_configured']:,.0f}/s would not bind here"
             rows.append(
-                [f"deliveries/s, concurrency {rb['concurrency']}, rate limit {rb['rate_limit']:,.0f}/s", rate(rb["limit_per_s"]),
-                 rate(rb["steady_per_s"]), common.fmt_ratio(rb["ratio_to_limit"]), "", "", "", "", "", note]
+                [
+                    f"deliveries/s, concurrency {rb['concurrency']}, rate limit {rb['rate_limit']:,.0f}/s",
+                    rate(rb["limit_per_s"]),
+                    rate(rb["steady_per_s"]),
+                    common.fmt_ratio(rb["ratio_to_limit"]),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    note,
+                ]
             )
     for key in ("latency", "latency_two_processes", "latency_sustainable"):
         lat = result.get(key)
@@ -1169,29 +1297,56 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             continue
         m = lat["latency_ms"]
         bound = "" if lat["drained"] else ">= "
-        state = "drained" if lat["drained"] else f"NOT drained: {lat['censored']:,} not called {lat['drain_cap_seconds']:.0f} s after the last publish"
+        state = (
+            "drained"
+            if lat["drained"]
+            else f"NOT drained: {lat['censored']:,} not called {lat['drain_cap_seconds']:.0f} s after the last publish"
+        )
         saturated = (lat["delivered_per_s"] or 0) < 0.9 * lat["event_rate"]
         proc, dlv = lat["publish_to_processed_ms"], lat["processed_to_call_ms"]
         procs = lat.get("deliverer_processes", 1)
         target = ""
         if lat["event_rate"] >= 1000 and m.get("p99") is not None:
-            target = f"target p99 <= {TARGET_P99_MS:.0f} ms: {'met' if m['p99'] <= TARGET_P99_MS and lat['drained'] else 'NOT met'}; "
+            target = (
+                f"target p99 <= {TARGET_P99_MS:.0f} ms: {'met' if m['p99'] <= TARGET_P99_MS and lat['drained'] else 'NOT met'}; "
+            )
         rows.append(
-            [f"event published -> WeChat call, {lat['event_rate']:,.0f} events/s" + (f", {procs} deliverer processes" if procs > 1 else ""),
-             "",
-             f"p50 {bound}{_ms(m.get('p50'))}, p99 {bound}{_ms(m.get('p99'))}, max {bound}{_ms(m.get('max'))}",
-             "", "", "", "", "", "", target +
-             (f"{m.get('count'):,} events; {'SATURATED, ' if saturated else ''}deliverer "
-              f"called {lat['delivered_per_s']}/s; {state}; "
-              f"to processed p50/p99 {_ms(proc.get('p50'))}/{_ms(proc.get('p99'))}, "
-              f"then to the call {_ms(dlv.get('p50'))}/{_ms(dlv.get('p99'))}")]
+            [
+                f"event published -> WeChat call, {lat['event_rate']:,.0f} events/s"
+                + (f", {procs} deliverer processes" if procs > 1 else ""),
+                "",
+                f"p50 {bound}{_ms(m.get('p50'))}, p99 {bound}{_ms(m.get('p99'))}, max {bound}{_ms(m.get('max'))}",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                target
+                + (
+                    f"{m.get('count'):,} events; {'SATURATED, ' if saturated else ''}deliverer "
+                    f"called {lat['delivered_per_s']}/s; {state}; "
+                    f"to processed p50/p99 {_ms(proc.get('p50'))}/{_ms(proc.get('p99'))}, "
+                    f"then to the call {_ms(dlv.get('p50'))}/{_ms(dlv.get('p99'))}"
+                ),
+            ]
         )
     prof = result.get("profile")
     if prof:
         spots = [h for h in prof["hotspots"] if h["share_of_cpu"] >= 0.01]
         rows.append(
-            [f"profile, concurrency {prof['concurrency']} (cProfile)", "", f"{prof['total_tottime_s']} s CPU for {prof['run_under_profiler']['calls']} calls",
-             "", "", "", "", "", "", "; ".join(f"{h['what']}: {h['share_of_cpu']:.0%}" for h in spots)]
+            [
+                f"profile, concurrency {prof['concurrency']} (cProfile)",
+                "",
+                f"{prof['total_tottime_s']} s CPU for {prof['run_under_profiler']['calls']} calls",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "; ".join(f"{h['what']}: {h['share_of_cpu']:.0%}" for h in spots),
+            ]
         )
     return columns, rows
 
@@ -1237,7 +1392,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     result: dict[str, Any] = {"suite": "deliverer", "machine": common.machine_info(), "parameters": p, "quick": ctx.quick}
     from importlib.metadata import version
 
-    result["machine"]["versions"].update({pkg: version(pkg) for pkg in ("wechatpy", "httpx", "httpcore", "requests", "urllib3", "aiohttp", "aiolimiter")})
+    result["machine"]["versions"].update(
+        {pkg: version(pkg) for pkg in ("wechatpy", "httpx", "httpcore", "requests", "urllib3", "aiohttp", "aiolimiter")}
+    )
 
     async def main() -> None:
         sim = SimulatorProcess(ctx.workdir / "logs" / "simulator.log", latency_ms=p["latency_ms"])
@@ -1249,23 +1406,36 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 result["throughput"] = await throughput(ctx, sim, p)
             ours = (result.get("throughput") or {}).get("summary", {}).get("ours", {})
             if "latency" in p["parts"]:
-                lat = await latency(ctx, sim, p, rate=p["event_rate"], seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"])
+                lat = await latency(
+                    ctx, sim, p, rate=p["event_rate"], seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"]
+                )
                 result["latency"] = lat
                 _say_latency(ctx, lat)
                 if p["processes"] > 1:
                     two = await latency(
-                        ctx, sim, p, rate=p["event_rate"], seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"],
+                        ctx,
+                        sim,
+                        p,
+                        rate=p["event_rate"],
+                        seconds=p["latency_seconds"],
+                        drain_cap=p["latency_drain_cap_seconds"],
                         processes=p["processes"],
                     )
                     result["latency_two_processes"] = two
                     _say_latency(ctx, two)
                 if not lat["drained"] or (lat["delivered_per_s"] or 0) < 0.9 * p["event_rate"]:
                     # Saturated: the figure above is queueing. Measure too at a rate the deliverer sustains.
-                    capacities = [x for x in ((ours.get(p["latency_concurrency"]) or {}).get("rate_per_s"), lat["delivered_per_s"]) if x]
+                    capacities = [
+                        x for x in ((ours.get(p["latency_concurrency"]) or {}).get("rate_per_s"), lat["delivered_per_s"]) if x
+                    ]
                     rate = nice_below(min(capacities) / 2) if capacities else 100.0
-                    ctx.say(f"latency: saturated at {p['event_rate']:,.0f}/s (delivered "
-                            f"{lat['delivered_per_s']}/s); again at {rate:,.0f}/s")
-                    sustainable = await latency(ctx, sim, p, rate=rate, seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"])
+                    ctx.say(
+                        f"latency: saturated at {p['event_rate']:,.0f}/s (delivered "
+                        f"{lat['delivered_per_s']}/s); again at {rate:,.0f}/s"
+                    )
+                    sustainable = await latency(
+                        ctx, sim, p, rate=rate, seconds=p["latency_seconds"], drain_cap=p["latency_drain_cap_seconds"]
+                    )
                     result["latency_sustainable"] = sustainable
                     _say_latency(ctx, sustainable)
             top = max(ours) if ours else None
@@ -1275,7 +1445,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 path = ctx.workdir / f"deliverer-c{c}.prof"
                 ctx.say(f"profile: deliverer at concurrency {c} under cProfile")
                 run_ = await run_deliverer(ctx, sim, concurrency=c, count=deliveries_for(c, p), profile_path=path)
-                result["profile"] = {"concurrency": c, "run_under_profiler": run_, **profile_summary(path)}  # .prof kept with --keep
+                result["profile"] = {
+                    "concurrency": c,
+                    "run_under_profiler": run_,
+                    **profile_summary(path),
+                }  # .prof kept with --keep
         finally:
             sim.stop()
 
@@ -1292,7 +1466,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     if hasattr(ctx, "write_results"):
         json_path, md_path = ctx.write_results(name, result, columns, rows, title=title, notes=notes)
     else:
-        json_path, md_path = common.write_results(name, result, columns, rows, title=title, notes=notes, results_dir=ctx.results_dir)
+        json_path, md_path = common.write_results(
+            name, result, columns, rows, title=title, notes=notes, results_dir=ctx.results_dir
+        )
     common.print_table(title, columns, rows)
     ctx.say(f"deliverer: wrote {json_path} and {md_path} ({result['suite_seconds']} s)")
     for figure in deliverer_figures.draw(result, Path(json_path).parent, Path(json_path).stem):
@@ -1320,7 +1496,8 @@ def peer_wechatpy(base_url: str, prefix: str, count: int, threads: int) -> dict[
         # (it does not use API_BASE_URL for the token): point it at the simulator.
         def fetch_access_token(self) -> Any:
             return self._fetch_access_token(
-                url=base_url + "/cgi-bin/token", params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret}
+                url=base_url + "/cgi-bin/token",
+                params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
             )
 
     client = SimulatorWeChatClient(APPID, SECRET, timeout=10)
@@ -1342,7 +1519,12 @@ def peer_wechatpy(base_url: str, prefix: str, count: int, threads: int) -> dict[
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(one, jobs):
             pass
-    return {"calls": count, "errors": dict(errors), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+    return {
+        "calls": count,
+        "errors": dict(errors),
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+    }
 
 
 async def peer_client(base_url: str, prefix: str, count: int, concurrency: int) -> dict[str, Any]:
@@ -1352,7 +1534,13 @@ async def peer_client(base_url: str, prefix: str, count: int, concurrency: int) 
     from domain.errors import WeChatError
     from domain.status import ReimburseStatus
 
-    settings = load_settings(wechat_base_url=base_url, wechat_appid=APPID, wechat_secret=SECRET, delivery_concurrency=concurrency, wechat_timeout_s=10.0)
+    settings = load_settings(
+        wechat_base_url=base_url,
+        wechat_appid=APPID,
+        wechat_secret=SECRET,
+        delivery_concurrency=concurrency,
+        wechat_timeout_s=10.0,
+    )
     client = WeChatClient.from_settings(settings)
     errors: Counter[str] = Counter()
     jobs = iter(_peer_jobs(prefix, count))
@@ -1360,7 +1548,9 @@ async def peer_client(base_url: str, prefix: str, count: int, concurrency: int) 
     async def worker() -> None:
         for card_id, code in jobs:
             try:
-                await client.update_status(appid=APPID, card_id=card_id, code=code, status=ReimburseStatus.LOCK, idempotency_key=f"{card_id}/{code}#1")
+                await client.update_status(
+                    appid=APPID, card_id=card_id, code=code, status=ReimburseStatus.LOCK, idempotency_key=f"{card_id}/{code}#1"
+                )
             except WeChatError as exc:
                 errors[type(exc).__name__] += 1
 
@@ -1368,7 +1558,12 @@ async def peer_client(base_url: str, prefix: str, count: int, concurrency: int) 
         await client.tokens.get(APPID)
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"calls": count, "errors": dict(errors), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+    return {
+        "calls": count,
+        "errors": dict(errors),
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+    }
 
 
 async def peer_aiohttp(base_url: str, prefix: str, count: int, concurrency: int) -> dict[str, Any]:
@@ -1379,20 +1574,29 @@ async def peer_aiohttp(base_url: str, prefix: str, count: int, concurrency: int)
     jobs = iter(_peer_jobs(prefix, count))
     url = base_url + "/card/invoice/platform/updatestatus"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        async with session.get(base_url + "/cgi-bin/token", params={"grant_type": "client_credential", "appid": APPID, "secret": SECRET}) as r:
+        async with session.get(
+            base_url + "/cgi-bin/token", params={"grant_type": "client_credential", "appid": APPID, "secret": SECRET}
+        ) as r:
             token = (await r.json())["access_token"]
 
         async def worker() -> None:
             for card_id, code in jobs:
                 body = json.dumps({"card_id": card_id, "code": code, "reimburse_status": LOCK}).encode()
-                async with session.post(url, params={"access_token": token}, data=body, headers={"Content-Type": "application/json"}) as r:
+                async with session.post(
+                    url, params={"access_token": token}, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
                     answer = await r.json(content_type=None)
                 if answer.get("errcode", 0) != 0:
                     errors[str(answer.get("errcode"))] += 1
 
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"calls": count, "errors": dict(errors), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+    return {
+        "calls": count,
+        "errors": dict(errors),
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,13 +67,20 @@ def draw(result: dict[str, Any], results_dir: Path = RESULTS_DIR, name: str = "d
     if series:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         cs = sorted({c for per_c in series.values() for c in per_c})
-        ax.plot(cs, [c / (latency_ms / 1000) for c in cs], color="0.6", linestyle=":", label=f"limit: concurrency / {latency_ms} ms")
+        ax.plot(
+            cs, [c / (latency_ms / 1000) for c in cs], color="0.6", linestyle=":", label=f"limit: concurrency / {latency_ms} ms"
+        )
         for contender in ("invoice-sm", "invoice-sm x2", "client", "aiohttp", "wechatpy"):
             per_c = series.get(contender)
             if not per_c:
                 continue
             xs = sorted(per_c)
-            med = [sorted(per_c[c])[len(per_c[c]) // 2] if len(per_c[c]) % 2 else sum(sorted(per_c[c])[len(per_c[c]) // 2 - 1 : len(per_c[c]) // 2 + 1]) / 2 for c in xs]
+            med = [
+                sorted(per_c[c])[len(per_c[c]) // 2]
+                if len(per_c[c]) % 2
+                else sum(sorted(per_c[c])[len(per_c[c]) // 2 - 1 : len(per_c[c]) // 2 + 1]) / 2
+                for c in xs
+            ]
             style = STYLES[contender]
             ax.plot(xs, med, label=LABELS[contender], **style)
             for c in xs:
@@ -93,7 +100,11 @@ def draw(result: dict[str, Any], results_dir: Path = RESULTS_DIR, name: str = "d
         plt.close(fig)
         written.append(path)
 
-    lats = [result[k] for k in ("latency", "latency_sustainable", "latency_two_processes") if result.get(k) and result[k].get("cdf_ms")]
+    lats = [
+        result[k]
+        for k in ("latency", "latency_sustainable", "latency_two_processes")
+        if result.get(k) and result[k].get("cdf_ms")
+    ]
     if lats:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for i, lat in enumerate(lats):

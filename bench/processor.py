@@ -101,12 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="also run, in the same rounds, the processor of another copy of "
-             "the tree (the code before a change) as contender 'baseline'",
+        "the tree (the code before a change) as contender 'baseline'",
     )
     g.add_argument("--processor-restore-invoices", type=int, help="state records to restore (default 1000000; quick 50000)")
     g.add_argument("--processor-restore-rounds", type=int, help="raw read + restore pairs (default 2; quick 1)")
     g.add_argument(
-        "--processor-rss-invoices", help="comma-separated invoice counts held by the processor (default 1000000,10000000; quick 50000,200000)"
+        "--processor-rss-invoices",
+        help="comma-separated invoice counts held by the processor (default 1000000,10000000; quick 50000,200000)",
     )
     g.add_argument("--processor-rss-events", type=int, help="events processed in each RSS run (default 1000000; quick 10000)")
 
@@ -285,13 +286,19 @@ async def _run_processor(
     """``invoice-sm process`` as a child; ``tree``: run the copy of the code there instead (contender ``baseline``)."""
     contender = "processor" if tree is None else "baseline"
     name = common.unique("p" if tree is None else "bl")
-    settings = common.bench_settings(bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=input_topic, **overrides)
+    settings = common.bench_settings(
+        bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=input_topic, **overrides
+    )
     await common.create_topics(settings)
     env = common.settings_env(settings)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)  # before the editable install of this tree
     child = Child(
-        "consumers.cli", "process", env=env, log_path=ctx.workdir / "logs" / f"{name}-{contender}.log", **({"cwd": tree} if tree else {})
+        "consumers.cli",
+        "process",
+        env=env,
+        log_path=ctx.workdir / "logs" / f"{name}-{contender}.log",
+        **({"cwd": tree} if tree else {}),
     )
     result = await _measure(
         contender,
@@ -312,7 +319,9 @@ async def _run_ceiling(
     ctx: BenchContext, bootstrap: str, input_topic: str, ends: dict[int, int], sizes: dict[str, Any], overrides: dict[str, Any]
 ) -> dict[str, Any]:
     name = common.unique("c")
-    settings = common.bench_settings(bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=input_topic, **overrides)
+    settings = common.bench_settings(
+        bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=input_topic, **overrides
+    )
     await common.create_topics(
         settings,
         topics.like(settings, "events", settings.topic_events, PARTITIONS),
@@ -432,7 +441,9 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
         values = [x[key] for x in runs.get(contender, []) if x.get(key) is not None]
         return round(common.median(values), 1) if values else None
 
-    summary: dict[str, Any] = {c: {k: med(c, k) for k in ("events_per_s", "end_to_end_events_per_s", "cpu_us_per_event")} for c in contenders}
+    summary: dict[str, Any] = {
+        c: {k: med(c, k) for k in ("events_per_s", "end_to_end_events_per_s", "cpu_us_per_event")} for c in contenders
+    }
     ours = summary["processor"]["events_per_s"]
     summary["ratio_processor_to_ceiling"] = round(ours / summary["ceiling"]["events_per_s"], 3)
     summary["ratio_processor_to_ceiling_per_round"] = [
@@ -508,7 +519,9 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
     now = utc_now()
     n = len(records)
     events = [wire.decode_event(k, v) for k, v in records]
-    where = [SimpleNamespace(topic=topic, partition=common.partition_for(k, partitions), offset=i) for i, (k, _) in enumerate(records)]
+    where = [
+        SimpleNamespace(topic=topic, partition=common.partition_for(k, partitions), offset=i) for i, (k, _) in enumerate(records)
+    ]
 
     def best(fn: Any) -> float:
         times = []
@@ -599,7 +612,8 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
         result["two_appends_us"] = best(lambda: asyncio.run(appends_awaited()))
         result["appends_via"] = "awaited coroutine per record (TxnBatch.add)"
     result["domain_total_us"] = round(
-        result["decode_event_us"] + result["decide_us"] + result["state_get_put_commit_rocksdb_us"] + result["outcome_bytes_us"], 2
+        result["decode_event_us"] + result["decide_us"] + result["state_get_put_commit_rocksdb_us"] + result["outcome_bytes_us"],
+        2,
     )
     return result
 
@@ -617,7 +631,15 @@ def state_values(count: int) -> Iterator[tuple[bytes, bytes]]:
     statuses = (S.LOCK, S.INIT, S.LOCK, S.INIT, S.CLOSURE)
     for n in range(count):
         card_id, code = card(n)
-        state = InvoiceState(card_id, code, statuses[n % 5], 5 + n % 5, APPID, "2026-11-23T10:00:00.000Z", (f"s-{n:09d}-1", f"s-{n:09d}-2", f"s-{n:09d}-3"))
+        state = InvoiceState(
+            card_id,
+            code,
+            statuses[n % 5],
+            5 + n % 5,
+            APPID,
+            "2026-11-23T10:00:00.000Z",
+            (f"s-{n:09d}-1", f"s-{n:09d}-2", f"s-{n:09d}-3"),
+        )
         yield f"{card_id}/{code}".encode(), encode_state(state)
 
 
@@ -720,7 +742,12 @@ def build_stores(state_dir: Path, topic_events: str, n_invoices: int, batch: int
             s.close()
     seconds = time.perf_counter() - started
     disk = sum(f.stat().st_size for f in state_dir.rglob("*") if f.is_file())
-    return {"build_seconds": round(seconds, 2), "write_seconds": round(written_s, 2), "rate": round(n_invoices / seconds), "disk_bytes": disk}
+    return {
+        "build_seconds": round(seconds, 2),
+        "write_seconds": round(written_s, 2),
+        "rate": round(n_invoices / seconds),
+        "disk_bytes": disk,
+    }
 
 
 async def rss_one(ctx: BenchContext, n_invoices: int, n_events: int) -> dict[str, Any]:
@@ -735,7 +762,9 @@ async def rss_one(ctx: BenchContext, n_invoices: int, n_events: int) -> dict[str
     build = build_stores(Path(settings.state_dir), settings.topic_events, n_invoices)
     ctx.say(f"rss: built in {build['build_seconds']} s ({build['rate']:,}/s), {build['disk_bytes'] / 2**20:,.0f} MiB on disk")
     touched: set[int] = set()
-    child = Child("consumers.cli", "process", env=common.settings_env(settings), log_path=ctx.workdir / "logs" / f"{name}-rss.log")
+    child = Child(
+        "consumers.cli", "process", env=common.settings_env(settings), log_path=ctx.workdir / "logs" / f"{name}-rss.log"
+    )
     sampler = common.RssSampler(child.pid, interval=0.05).start()
     try:
         await child.wait_for_log('"partitions assigned"', timeout=300)
@@ -845,65 +874,114 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             return ", ".join(f"{x['events_per_s']:,.0f}" for x in t["runs"][c])
 
         rows.append(
-            [f"processor (EOS) events/s, {n:,} events / {inv:,} invoices", common.fmt_rate(s["processor"]["events_per_s"]),
-             f"median of {rounds}: {per_round('processor')}; {s['processor']['cpu_us_per_event']} CPU us/event"]
+            [
+                f"processor (EOS) events/s, {n:,} events / {inv:,} invoices",
+                common.fmt_rate(s["processor"]["events_per_s"]),
+                f"median of {rounds}: {per_round('processor')}; {s['processor']['cpu_us_per_event']} CPU us/event",
+            ]
         )
         rows.append(
-            ["ceiling (raw txn pipe) events/s", common.fmt_rate(s["ceiling"]["events_per_s"]),
-             f"{per_round('ceiling')}; {s['ceiling']['cpu_us_per_event']} CPU us/event"]
+            [
+                "ceiling (raw txn pipe) events/s",
+                common.fmt_rate(s["ceiling"]["events_per_s"]),
+                f"{per_round('ceiling')}; {s['ceiling']['cpu_us_per_event']} CPU us/event",
+            ]
         )
         ratio = s["ratio_processor_to_ceiling"]
         rows.append(
-            ["processor / ceiling", common.fmt_ratio(ratio),
-             (f"target >= {TARGET_TO_CEILING}: {'met' if ratio >= TARGET_TO_CEILING else 'NOT met'}; "
-             f"per round {s['ratio_processor_to_ceiling_per_round']}")]
+            [
+                "processor / ceiling",
+                common.fmt_ratio(ratio),
+                (
+                    f"target >= {TARGET_TO_CEILING}: {'met' if ratio >= TARGET_TO_CEILING else 'NOT met'}; "
+                    f"per round {s['ratio_processor_to_ceiling_per_round']}"
+                ),
+            ]
         )
         if "quix" in s:
             rows.append(
-                ["Quix Streams (EOS) events/s", common.fmt_rate(s["quix"]["events_per_s"]),
-                 f"{per_round('quix')}; {s['quix']['cpu_us_per_event']} CPU us/event"]
+                [
+                    "Quix Streams (EOS) events/s",
+                    common.fmt_rate(s["quix"]["events_per_s"]),
+                    f"{per_round('quix')}; {s['quix']['cpu_us_per_event']} CPU us/event",
+                ]
             )
             q = s["ratio_processor_to_quix"]
-            rows.append(["processor / Quix", common.fmt_ratio(q),
-                         (f"target >= {TARGET_TO_QUIX}: {'met' if q >= TARGET_TO_QUIX else 'NOT met'}; "
-                         f"per round {s['ratio_processor_to_quix_per_round']}")])
+            rows.append(
+                [
+                    "processor / Quix",
+                    common.fmt_ratio(q),
+                    (
+                        f"target >= {TARGET_TO_QUIX}: {'met' if q >= TARGET_TO_QUIX else 'NOT met'}; "
+                        f"per round {s['ratio_processor_to_quix_per_round']}"
+                    ),
+                ]
+            )
         if "baseline" in s:
             rows.append(
-                ["baseline (code before the change) events/s", common.fmt_rate(s["baseline"]["events_per_s"]),
-                 f"{per_round('baseline')}; {s['baseline']['cpu_us_per_event']} CPU us/event; tree {s['baseline_tree']}"]
+                [
+                    "baseline (code before the change) events/s",
+                    common.fmt_rate(s["baseline"]["events_per_s"]),
+                    f"{per_round('baseline')}; {s['baseline']['cpu_us_per_event']} CPU us/event; tree {s['baseline_tree']}",
+                ]
             )
             rows.append(
-                ["baseline / ceiling", common.fmt_ratio(s["ratio_baseline_to_ceiling"]),
-                 f"per round {s['ratio_baseline_to_ceiling_per_round']}"
-                 + (f"; baseline / Quix {s['ratio_baseline_to_quix']} per round {s['ratio_baseline_to_quix_per_round']}" if "ratio_baseline_to_quix" in s else "")]
+                [
+                    "baseline / ceiling",
+                    common.fmt_ratio(s["ratio_baseline_to_ceiling"]),
+                    f"per round {s['ratio_baseline_to_ceiling_per_round']}"
+                    + (
+                        f"; baseline / Quix {s['ratio_baseline_to_quix']} per round {s['ratio_baseline_to_quix_per_round']}"
+                        if "ratio_baseline_to_quix" in s
+                        else ""
+                    ),
+                ]
             )
         e2e = " / ".join(
-            f"{c} {common.fmt_rate(s[c]['end_to_end_events_per_s'])}" for c in ("processor", "ceiling", "quix", "baseline") if c in s
+            f"{c} {common.fmt_rate(s[c]['end_to_end_events_per_s'])}"
+            for c in ("processor", "ceiling", "quix", "baseline")
+            if c in s
         )
         rows.append(["end to end incl. start, events/s", "", e2e])
     st = result.get("stages")
     if st:
         rows.append(
-            ["processor per-record CPU in-process, us/event", f"{st['domain_total_us']} + {st['two_appends_us']}",
-             (f"domain: decode {st['decode_event_us']}, decide {st['decide_us']}, state get/put/commit "
-              f"{st['state_get_put_commit_rocksdb_us']} (RocksDB; {st['state_get_put_commit_us']} in memory), "
-              f"outcome {st['outcome_bytes_us']}; + 2 appends ({st['appends_via']}), which the ceiling also does")]
+            [
+                "processor per-record CPU in-process, us/event",
+                f"{st['domain_total_us']} + {st['two_appends_us']}",
+                (
+                    f"domain: decode {st['decode_event_us']}, decide {st['decide_us']}, state get/put/commit "
+                    f"{st['state_get_put_commit_rocksdb_us']} (RocksDB; {st['state_get_put_commit_us']} in memory), "
+                    f"outcome {st['outcome_bytes_us']}; + 2 appends ({st['appends_via']}), which the ceiling also does"
+                ),
+            ]
         )
     r = result.get("restore")
     if r:
         s = r["summary"]
-        rows.append([f"restore {r['records']:,} states (restore_states, RocksDB)", common.fmt_rate(s["restore_records_per_s"]), f"{r['record_mean_bytes']} B/record"])
+        rows.append(
+            [
+                f"restore {r['records']:,} states (restore_states, RocksDB)",
+                common.fmt_rate(s["restore_records_per_s"]),
+                f"{r['record_mean_bytes']} B/record",
+            ]
+        )
         rows.append(["raw read_to_end of the same topic", common.fmt_rate(s["raw_records_per_s"]), ""])
         rows.append(["restore / raw read", common.fmt_ratio(s["ratio_restore_to_raw"]), f"median of {len(r['rounds'])}"])
     m = result.get("rss")
     if m:
         for run in m["runs"]:
             rows.append(
-                [f"processor peak RSS, {run['invoices']:,} invoices", _mib(run["rss_peak_bytes"]),
-                 (f"after load {_mib(run['rss_loaded_bytes'])}; {run['events']:,} events "
-                  f"on {run['invoices_touched']:,} of them at "
-                  f"{common.fmt_rate(run['events_per_s'])}, {run['states_cached_at_end']:,} states cached; "
-                  f"store {_mib(run['build']['disk_bytes'])} on disk, built in {run['build']['build_seconds']} s")]
+                [
+                    f"processor peak RSS, {run['invoices']:,} invoices",
+                    _mib(run["rss_peak_bytes"]),
+                    (
+                        f"after load {_mib(run['rss_loaded_bytes'])}; {run['events']:,} events "
+                        f"on {run['invoices_touched']:,} of them at "
+                        f"{common.fmt_rate(run['events_per_s'])}, {run['states_cached_at_end']:,} states cached; "
+                        f"store {_mib(run['build']['disk_bytes'])} on disk, built in {run['build']['build_seconds']} s"
+                    ),
+                ]
             )
     return columns, rows
 

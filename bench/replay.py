@@ -84,7 +84,10 @@ def _params(ctx: BenchContext) -> dict[str, Any]:
 async def _live_run(ctx: BenchContext, settings: Any, ends: dict[int, int]) -> dict[str, Any]:
     """The live processor over the input until its group committed the end."""
     child = Child(
-        "consumers.cli", "process", env=common.settings_env(settings), log_path=ctx.workdir / "logs" / f"{settings.processor_group_id}.log"
+        "consumers.cli",
+        "process",
+        env=common.settings_env(settings),
+        log_path=ctx.workdir / "logs" / f"{settings.processor_group_id}.log",
     )
     try:
         progress = await common.watch_group(
@@ -176,8 +179,12 @@ async def _one(mode: str, settings: Any, workdir: Path, live: dict[str, Any], n:
         cpu = time.process_time() - cpu0
         if scanned.records != n:
             raise RuntimeError(f"raw read saw {scanned.records} records, expected {n}")
-        return {"records": scanned.records, "seconds": round(scanned.seconds, 3), "records_per_s": round(scanned.rate, 1),
-                "cpu_us_per_event": round(cpu / n * 1e6, 2)}
+        return {
+            "records": scanned.records,
+            "seconds": round(scanned.seconds, 3),
+            "records_per_s": round(scanned.rate, 1),
+            "cpu_us_per_event": round(cpu / n * 1e6, 2),
+        }
     state_dir = workdir / common.unique("replay-") if mode == "rocksdb" else None
     try:
         result = await rp.replay(settings, in_memory=mode == "memory", state_dir=state_dir, progress=False)
@@ -240,8 +247,10 @@ async def measure(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
             if "comparison" in result:
                 c = result["comparison"]
                 extra = f"; {c['invoices_compared']:,} invoices compared, {c['differences']} differences"
-            ctx.say(f"replay: round {r + 1}/{p['rounds']}: {mode}: {result['records_per_s']:,.0f} events/s "
-                    f"({result['seconds']:.2f} s, {result['cpu_us_per_event']} CPU us/event){extra}")
+            ctx.say(
+                f"replay: round {r + 1}/{p['rounds']}: {mode}: {result['records_per_s']:,.0f} events/s "
+                f"({result['seconds']:.2f} s, {result['cpu_us_per_event']} CPU us/event){extra}"
+            )
 
     def med(mode: str, key: str) -> float:
         return round(common.median([x[key] for x in runs[mode]]), 1)
@@ -282,13 +291,17 @@ async def measure(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
         "invalid_equals_dlq": invalid_equal,
         "live_state_records": live["state_records"],
         "compared_fields": "status, version, appid, recent_event_ids "
-                           "(consumers.replay.same_state); updated_at is wall-clock time",
+        "(consumers.replay.same_state); updated_at is wall-clock time",
     }
     if not same_state["states_equal"]:
-        ctx.say(f"replay: STATES DIFFER from the live processor: {differences} differences; examples {same_state['examples'][:3]}")
+        ctx.say(
+            f"replay: STATES DIFFER from the live processor: {differences} differences; examples {same_state['examples'][:3]}"
+        )
     if not kinds_equal or not invalid_equal:
-        ctx.say(f"replay: DECISION COUNTS DIFFER: replay {replay_kinds} invalid {same_state['invalid_replay']}; "
-                f"live {live['outcomes_by_kind']} dlq {live['dlq']}")
+        ctx.say(
+            f"replay: DECISION COUNTS DIFFER: replay {replay_kinds} invalid {same_state['invalid_replay']}; "
+            f"live {live['outcomes_by_kind']} dlq {live['dlq']}"
+        )
     return {
         "input": {
             "topic": settings.topic_events,
@@ -322,26 +335,55 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
     columns = ["measure", "value", "detail"]
     rows: list[list[Any]] = [
-        [f"replay in memory, events/s ({n:,} events / {inv:,} invoices)", common.fmt_rate(s["memory"]["records_per_s"]),
-         f"median of {rounds}: {per_round('memory')}; {s['memory']['cpu_us_per_event']} CPU us/event"],
-        ["replay on disk (RocksDB), events/s", common.fmt_rate(s["rocksdb"]["records_per_s"]),
-         f"{per_round('rocksdb')}; {s['rocksdb']['cpu_us_per_event']} CPU us/event"],
-        ["raw read (scan, same reader), events/s", common.fmt_rate(s["raw"]["records_per_s"]),
-         f"{per_round('raw')}; {s['raw']['cpu_us_per_event']} CPU us/event"],
-        ["replay in memory / raw read", common.fmt_ratio(s["ratio_memory_to_raw"]), f"per round {s['ratio_memory_to_raw_per_round']}"],
-        ["replay on disk / raw read", common.fmt_ratio(s["ratio_rocksdb_to_raw"]), f"per round {s['ratio_rocksdb_to_raw_per_round']}"],
-        ["live processor (EOS, child), events/s", common.fmt_rate(result["live_processor"]["events_per_s"]),
-         "one run, first output -> last commit; for scale only (different work: writes outcomes and state)"],
+        [
+            f"replay in memory, events/s ({n:,} events / {inv:,} invoices)",
+            common.fmt_rate(s["memory"]["records_per_s"]),
+            f"median of {rounds}: {per_round('memory')}; {s['memory']['cpu_us_per_event']} CPU us/event",
+        ],
+        [
+            "replay on disk (RocksDB), events/s",
+            common.fmt_rate(s["rocksdb"]["records_per_s"]),
+            f"{per_round('rocksdb')}; {s['rocksdb']['cpu_us_per_event']} CPU us/event",
+        ],
+        [
+            "raw read (scan, same reader), events/s",
+            common.fmt_rate(s["raw"]["records_per_s"]),
+            f"{per_round('raw')}; {s['raw']['cpu_us_per_event']} CPU us/event",
+        ],
+        [
+            "replay in memory / raw read",
+            common.fmt_ratio(s["ratio_memory_to_raw"]),
+            f"per round {s['ratio_memory_to_raw_per_round']}",
+        ],
+        [
+            "replay on disk / raw read",
+            common.fmt_ratio(s["ratio_rocksdb_to_raw"]),
+            f"per round {s['ratio_rocksdb_to_raw_per_round']}",
+        ],
+        [
+            "live processor (EOS, child), events/s",
+            common.fmt_rate(result["live_processor"]["events_per_s"]),
+            "one run, first output -> last commit; for scale only (different work: writes outcomes and state)",
+        ],
     ]
     ss = result["same_state"]
     rows.append(
-        ["replayed state == live invoice.state", "true" if ss["states_equal"] else "FALSE",
-         (f"{ss['invoices_compared']:,} invoices compared, {ss['differences']} "
-         f"differences, in each of {ss['replays_compared']} replays")]
+        [
+            "replayed state == live invoice.state",
+            "true" if ss["states_equal"] else "FALSE",
+            (
+                f"{ss['invoices_compared']:,} invoices compared, {ss['differences']} "
+                f"differences, in each of {ss['replays_compared']} replays"
+            ),
+        ]
     )
     rows.append(
-        ["replay decisions == live outcomes by kind", "true" if ss["decision_counts_equal"] else "FALSE",
-         ", ".join(f"{k} {v:,}" for k, v in ss["decisions_by_kind_replay"].items()) + f"; invalid {ss['invalid_replay']} / DLQ {ss['dlq_live']}"]
+        [
+            "replay decisions == live outcomes by kind",
+            "true" if ss["decision_counts_equal"] else "FALSE",
+            ", ".join(f"{k} {v:,}" for k, v in ss["decisions_by_kind_replay"].items())
+            + f"; invalid {ss['invalid_replay']} / DLQ {ss['dlq_live']}",
+        ]
     )
     return columns, rows
 
@@ -376,6 +418,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ss = result["same_state"]
     if not (ss["states_equal"] and ss["decision_counts_equal"] and ss["invalid_equals_dlq"]):
         # Figures are written; the suite still fails so the difference is not missed.
-        raise RuntimeError(f"replay does not reproduce the live processor: {ss['differences']} state differences, "
-                           f"examples {ss['examples'][:5]}; decision counts equal: {ss['decision_counts_equal']}")
+        raise RuntimeError(
+            f"replay does not reproduce the live processor: {ss['differences']} state differences, "
+            f"examples {ss['examples'][:5]}; decision counts equal: {ss['decision_counts_equal']}"
+        )
     return result

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.settings import Settings
+from consumers import early_stop
 
 if TYPE_CHECKING:
     from adapters.health import HealthServer
@@ -60,6 +61,8 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if early_stop.take():
+        stop.set()  # asked to stop while starting: start, then stop in order
     health = None
     invoices = None
     if settings.metrics_port is not None:

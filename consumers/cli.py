@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from adapters.settings import ENV_PREFIX, Settings, env_name, load_settings
+from consumers import early_stop
 from domain.errors import ConfigurationError, InvoiceSmError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DIFFERENCES = 0, 1, 2, 3
@@ -49,6 +50,9 @@ class Command:
     handler: str
     #: ``module:function`` adding the command's own arguments to its parser, if it has any.
     arguments: str | None = None
+    #: A long-running service: a stop signal during its start is honoured once its loop runs
+    #: (``consumers.early_stop``) instead of killing it half started.
+    service: bool = False
 
     def load_handler(self) -> Handler:
         handler: Handler = _resolve(self.handler)
@@ -62,29 +66,74 @@ class Command:
 
 # One row per command, in the order ``invoice-sm --help`` lists them.
 _TABLE: Final = (
-    Command("process", "Decide lifecycle events: invoice.events -> outcomes + state, exactly once.",
-            "consumers.commands:process", "consumers.commands:process_arguments"),
-    Command("deliver", "Push accepted statuses to WeChat updatestatus: in order per invoice, with idempotency keys.",
-            "consumers.commands_delivery:deliver"),
-    Command("run", "Run the processor and the deliverer in one process.",
-            "consumers.commands_delivery:run", "consumers.commands_delivery:run_arguments"),
-    Command("webhook", "WeChat's message push in: status reports to the events topic, component tickets to the "
-            "component topic.",
-            "consumers.commands_delivery:webhook"),
-    Command("publish", "Send lifecycle events from a JSONL file or stdin, keyed by invoice.",
-            "consumers.commands:publish", "consumers.commands:publish_arguments"),
-    Command("status", "What the service knows of invoices: status, version, appid, last decisions, last delivery.",
-            "consumers.commands_status:status", "consumers.commands_status:_status_args"),
-    Command("replay", "Rebuild invoice state from invoice.events with the processor's own decisions; no side effects.",
-            "consumers.commands_history:replay_command", "consumers.commands_history:replay_arguments"),
-    Command("reconcile", "Compare rebuilt state, live state, deliveries and WeChat; report differences, optionally repair.",
-            "consumers.commands_history:reconcile_command", "consumers.commands_history:reconcile_arguments"),
-    Command("dlq", "Inspect invoice.events.dlq (list) and re-inject fixed records into invoice.events (reinject).",
-            "consumers.commands_history:dlq_command", "consumers.commands_history:dlq_arguments"),
-    Command("topics", "Create, check or describe the topics, from the one topic table.",
-            "consumers.commands_topics:topics_command", "consumers.commands_topics:topics_arguments"),
-    Command("schemas", "Print, write or check the JSON Schemas and AsyncAPI document of every topic.",
-            "consumers.commands:schemas", "consumers.commands:schemas_arguments"),
+    Command(
+        "process",
+        "Decide lifecycle events: invoice.events -> outcomes + state, exactly once.",
+        "consumers.commands:process",
+        "consumers.commands:process_arguments",
+        service=True,
+    ),
+    Command(
+        "deliver",
+        "Push accepted statuses to WeChat updatestatus: in order per invoice, with idempotency keys.",
+        "consumers.commands_delivery:deliver",
+        service=True,
+    ),
+    Command(
+        "run",
+        "Run the processor and the deliverer in one process.",
+        "consumers.commands_delivery:run",
+        "consumers.commands_delivery:run_arguments",
+        service=True,
+    ),
+    Command(
+        "webhook",
+        "WeChat's message push in: status reports to the events topic, component tickets to the component topic.",
+        "consumers.commands_delivery:webhook",
+        service=True,
+    ),
+    Command(
+        "publish",
+        "Send lifecycle events from a JSONL file or stdin, keyed by invoice.",
+        "consumers.commands:publish",
+        "consumers.commands:publish_arguments",
+    ),
+    Command(
+        "status",
+        "What the service knows of invoices: status, version, appid, last decisions, last delivery.",
+        "consumers.commands_status:status",
+        "consumers.commands_status:_status_args",
+    ),
+    Command(
+        "replay",
+        "Rebuild invoice state from invoice.events with the processor's own decisions; no side effects.",
+        "consumers.commands_history:replay_command",
+        "consumers.commands_history:replay_arguments",
+    ),
+    Command(
+        "reconcile",
+        "Compare rebuilt state, live state, deliveries and WeChat; report differences, optionally repair.",
+        "consumers.commands_history:reconcile_command",
+        "consumers.commands_history:reconcile_arguments",
+    ),
+    Command(
+        "dlq",
+        "Inspect invoice.events.dlq (list) and re-inject fixed records into invoice.events (reinject).",
+        "consumers.commands_history:dlq_command",
+        "consumers.commands_history:dlq_arguments",
+    ),
+    Command(
+        "topics",
+        "Create, check or describe the topics, from the one topic table.",
+        "consumers.commands_topics:topics_command",
+        "consumers.commands_topics:topics_arguments",
+    ),
+    Command(
+        "schemas",
+        "Print, write or check the JSON Schemas and AsyncAPI document of every topic.",
+        "consumers.commands:schemas",
+        "consumers.commands:schemas_arguments",
+    ),
 )
 
 #: The command table, by name.
@@ -121,9 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = COMMANDS[args.command].load_handler()
+    early_stop.install()
+    try:
+        args = build_parser().parse_args(argv)
+        command = COMMANDS[args.command]
+        if not command.service and (pending := early_stop.uninstall()) is not None:
+            return 128 + pending  # stopped while starting: as the signal would have (130 for Ctrl-C)
+        return _run(command, args)
+    finally:
+        early_stop.uninstall()
+
+
+def _run(command: Command, args: argparse.Namespace) -> int:
+    handler = command.load_handler()
     overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
     try:
         settings = load_settings(**overrides)

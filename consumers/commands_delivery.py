@@ -76,4 +76,3 @@ def webhook(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return EXIT_OK
-

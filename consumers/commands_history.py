@@ -47,16 +47,21 @@ def replay_arguments(p: argparse.ArgumentParser) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-time", metavar="ISO", help="start at the first event at or after this time (UTC if no zone)")
     start.add_argument(
-        "--from-offset", metavar="P:O[,P:O...]",
+        "--from-offset",
+        metavar="P:O[,P:O...]",
         help="start these partitions at these offsets (partitions not named start at the beginning)",
     )
     p.add_argument("--in-memory", action="store_true", help="keep rebuilt states in memory (small topics)")
     p.add_argument(
-        "--write-state-topic", metavar="TOPIC",
+        "--write-state-topic",
+        metavar="TOPIC",
         help="write the rebuilt states (latest per invoice) to this compacted topic; the only side effect replay has",
     )
-    p.add_argument("--force", action="store_true",
-                   help="allow --write-state-topic to name a live topic, or to write from a history whose beginning is gone")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="allow --write-state-topic to name a live topic, or to write from a history whose beginning is gone",
+    )
     p.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
     p.epilog = (
@@ -103,17 +108,27 @@ def replay_command(settings: Settings, args: argparse.Namespace) -> int:
 def reconcile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wechat-sim-url", metavar="URL", help="ask the WeChat simulator's control API for each card's status")
     p.add_argument("--repair", action="store_true", help="enqueue invoice.status.repair outcomes for what WeChat has wrong")
-    p.add_argument("--force", action="store_true",
-                   help="--repair even when invoice.events no longer holds its beginning (retention truncated it)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="--repair even when invoice.events no longer holds its beginning (retention truncated it)",
+    )
     p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH ('-' for stdout)")
-    p.add_argument("--grace-s", type=float, default=30.0, metavar="SECONDS",
-                   help="accepted outcomes younger than this without a delivery record are in flight, not missing "
-                        "(default 30)")
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="accepted outcomes younger than this without a delivery record are in flight, not missing (default 30)",
+    )
     p.add_argument("--examples", type=int, default=5, metavar="N", help="examples shown per kind (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
-    p.add_argument("--metrics-file", metavar="PATH",
-                   help="write invoice_sm_divergences_total{kind} to PATH in the Prometheus text format "
-                        "(for node_exporter's textfile collector; deploy/alerts.yml alerts on it)")
+    p.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write invoice_sm_divergences_total{kind} to PATH in the Prometheus text format "
+        "(for node_exporter's textfile collector; deploy/alerts.yml alerts on it)",
+    )
     p.epilog = (
         "Exit codes: 0 no differences, 3 differences found (also after --repair: they remain until delivered), "
         "1 failure, 2 configuration error. The replay is in memory, or on disk under DIR/replay/ with an explicit "
@@ -163,8 +178,11 @@ def dlq_arguments(p: argparse.ArgumentParser) -> None:
     pick = p.add_argument_group("reinject: which records (one of)")
     pick.add_argument("--offsets", metavar="P:O[,P:O...]", help="DLQ partition:offset positions")
     pick.add_argument("--all", action="store_true", help="every record in the DLQ")
-    p.add_argument("--from-file", metavar="JSONL",
-                   help="reinject: corrected event lines instead of the originals, paired in DLQ order with the chosen records")
+    p.add_argument(
+        "--from-file",
+        metavar="JSONL",
+        help="reinject: corrected event lines instead of the originals, paired in DLQ order with the chosen records",
+    )
     p.add_argument("--dry-run", action="store_true", help="reinject: show what would be sent, send nothing")
     p.add_argument("--force", action="store_true", help="reinject: send records already re-injected again")
     p.add_argument("--allow-invalid", action="store_true", help="reinject: send records that would fail again")
@@ -208,8 +226,9 @@ def _dlq_reinject(settings: Settings, args: argparse.Namespace) -> int:
         entries = await read_dlq(settings, reason=args.reason, positions=positions)
         found = {(e.record.partition, e.record.offset) for e in entries}
         absent = sorted((positions or set()) - found)
-        report = await reinject(settings, entries, corrected=corrected, dry_run=args.dry_run, force=args.force,
-                                allow_invalid=args.allow_invalid)
+        report = await reinject(
+            settings, entries, corrected=corrected, dry_run=args.dry_run, force=args.force, allow_invalid=args.allow_invalid
+        )
         return report, absent
 
     report, absent = asyncio.run(main())
@@ -217,8 +236,7 @@ def _dlq_reinject(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warning: no DLQ record at {p}:{o}", file=sys.stderr)
     for item in report.items:
         if item.status in ("skipped_already_reinjected", "refused"):
-            print(f"warning: dlq {item.entry.short} ({item.entry.view.reason}) {item.status}: {item.detail}",
-                  file=sys.stderr)
+            print(f"warning: dlq {item.entry.short} ({item.entry.view.reason}) {item.status}: {item.detail}", file=sys.stderr)
         if args.json:
             print(json.dumps(item.to_json()))
         elif item.status == "sent" and item.sent_to is not None:

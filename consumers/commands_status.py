@@ -148,7 +148,9 @@ class InvoiceQuery:
 
     # -- the query
 
-    async def answer(self, card_id: str, code: str, *, events: int = DEFAULT_EVENTS, forwarded: bool = False) -> tuple[int, dict[str, Any]]:
+    async def answer(
+        self, card_id: str, code: str, *, events: int = DEFAULT_EVENTS, forwarded: bool = False
+    ) -> tuple[int, dict[str, Any]]:
         """(200, answer) or (404, not found), or (421, not the owner) for a
         forwarded query this instance cannot answer from its stores.
         Raises ``BrokerError`` when the topics cannot be read."""
@@ -202,11 +204,20 @@ class InvoiceQuery:
             # A tombstone is a deleted invoice: as absent as one never seen.
             complete = complete and found.complete
             if not found.complete:
-                notes.append(f"{self.settings.topic_state}[{partition}]: not in its last {found.scanned} records; older ones not read")
+                notes.append(
+                    f"{self.settings.topic_state}[{partition}]: not in its last {found.scanned} records; older ones not read"
+                )
         return 404, _not_found(card_id, code, "topic" if not settled else "owner", complete=complete, notes=notes)
 
     async def _complete(
-        self, card_id: str, code: str, partition: int, state_bytes: bytes, source: str, answered_by: str | None, events: int,
+        self,
+        card_id: str,
+        code: str,
+        partition: int,
+        state_bytes: bytes,
+        source: str,
+        answered_by: str | None,
+        events: int,
         notes: list[str],
     ) -> dict[str, Any]:
         """The answer: the state found, plus the history read from the topics."""
@@ -225,10 +236,15 @@ class InvoiceQuery:
         )
         history = [_event(r.value, r.offset, notes) for r in reversed(outcomes.records) if r.value is not None]
         found_events = [e for e in history if e is not None]
-        last_delivery = _delivery(deliveries.records[0].value, notes) if deliveries.records and deliveries.records[0].value else None
+        last_delivery = (
+            _delivery(deliveries.records[0].value, notes) if deliveries.records and deliveries.records[0].value else None
+        )
         delivered_version = last_delivery["version"] if last_delivery else 0
         accepted = [e["version"] for e in found_events if e["decision"] == "accepted" and e["origin"] == "upstream"]
-        for topic, part, found in ((settings.topic_outcomes, outcomes_partition, outcomes), (settings.topic_deliveries, deliveries_partition, deliveries)):
+        for topic, part, found in (
+            (settings.topic_outcomes, outcomes_partition, outcomes),
+            (settings.topic_deliveries, deliveries_partition, deliveries),
+        ):
             if not found.complete:
                 notes.append(f"{topic}[{part}]: only its last {found.scanned} records were read")
         return {
@@ -381,7 +397,9 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if all(code == 200 for code, _ in answers) else EXIT_FAILED
 
 
-async def _ask_all(settings: Settings, keys: list[tuple[str, str]], *, url: str | None, events: int) -> list[tuple[int, dict[str, Any]]]:
+async def _ask_all(
+    settings: Settings, keys: list[tuple[str, str]], *, url: str | None, events: int
+) -> list[tuple[int, dict[str, Any]]]:
     import httpx
 
     answers: list[tuple[int, dict[str, Any]]] = []
@@ -396,8 +414,10 @@ async def _ask_all(settings: Settings, keys: list[tuple[str, str]], *, url: str 
                     continue
                 except (httpx.TransportError, ValueError) as exc:
                     # No service there: do what a service that holds nothing would.
-                    print(f"invoice-sm status: no service answers at {url} ({type(exc).__name__}); reading the topics directly",
-                          file=sys.stderr)
+                    print(
+                        f"invoice-sm status: no service answers at {url} ({type(exc).__name__}); reading the topics directly",
+                        file=sys.stderr,
+                    )
             if direct is None:
                 direct = InvoiceQuery(settings, url=None)
             answers.append(await direct.answer(card_id, code, events=events))

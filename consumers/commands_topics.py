@@ -22,8 +22,11 @@ from consumers.cli import EXIT_DIFFERENCES, EXIT_OK
 
 
 def topics_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("create", "check", "describe"),
-                   help="create missing topics, compare the cluster with the table, or print the table")
+    p.add_argument(
+        "action",
+        choices=("create", "check", "describe"),
+        help="create missing topics, compare the cluster with the table, or print the table",
+    )
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.epilog = "Exit codes: 0 as the table says, 3 (check) differences found, 1 failure, 2 configuration error."
 
@@ -50,8 +53,19 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
             print_table(
                 "topics",
                 ["topic", "role", "key", "cleanup", "retention", "partitions", "replication", "min ISR"],
-                [[s.name, s.role, s.key, s.cleanup, _retention(s.retention_ms), str(s.partitions),
-                  str(s.replication_factor), str(s.min_insync_replicas)] for s in specs],
+                [
+                    [
+                        s.name,
+                        s.role,
+                        s.key,
+                        s.cleanup,
+                        _retention(s.retention_ms),
+                        str(s.partitions),
+                        str(s.replication_factor),
+                        str(s.min_insync_replicas),
+                    ]
+                    for s in specs
+                ],
             )
         return EXIT_OK
     if args.action == "create":
@@ -64,14 +78,22 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     _, cluster, differences = asyncio.run(topics.check(settings))
     if args.json:
-        print(json.dumps({
-            "clean": not differences,
-            "differences": [d.to_json() for d in differences],
-            "topics": {s.name: _actual_json(cluster.get(s.name)) for s in specs},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "clean": not differences,
+                    "differences": [d.to_json() for d in differences],
+                    "topics": {s.name: _actual_json(cluster.get(s.name)) for s in specs},
+                },
+                indent=2,
+            )
+        )
     elif differences:
-        print_table("topics differing from the table", ["topic", "setting", "table", "cluster"],
-                     [[d.topic, d.setting, d.expected, d.actual] for d in differences])
+        print_table(
+            "topics differing from the table",
+            ["topic", "setting", "table", "cluster"],
+            [[d.topic, d.setting, d.expected, d.actual] for d in differences],
+        )
     else:
         print(f"{len(specs)} topics as the table says")
     return EXIT_DIFFERENCES if differences else EXIT_OK
@@ -79,10 +101,16 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _spec_json(spec: Any) -> dict[str, Any]:
     return {
-        "name": spec.name, "role": spec.role, "key": spec.key, "cleanup": spec.cleanup,
-        "retention_ms": spec.retention_ms, "partitions": spec.partitions,
-        "replication_factor": spec.replication_factor, "min_insync_replicas": spec.min_insync_replicas,
-        "description": spec.description, "configs": spec.configs(),
+        "name": spec.name,
+        "role": spec.role,
+        "key": spec.key,
+        "cleanup": spec.cleanup,
+        "retention_ms": spec.retention_ms,
+        "partitions": spec.partitions,
+        "replication_factor": spec.replication_factor,
+        "min_insync_replicas": spec.min_insync_replicas,
+        "description": spec.description,
+        "configs": spec.configs(),
     }
 
 
@@ -91,5 +119,8 @@ def _actual_json(info: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     configs = info.get("configs", {})
     keys = ("cleanup.policy", "retention.ms", "retention.bytes", "min.insync.replicas")
-    return {"partitions": info["partitions"], "replication_factor": info["replication_factor"],
-            **{k: configs[k] for k in keys if k in configs}}
+    return {
+        "partitions": info["partitions"],
+        "replication_factor": info["replication_factor"],
+        **{k: configs[k] for k in keys if k in configs},
+    }

@@ -226,7 +226,11 @@ class Deliverer(ConsumerRebalanceListener):
             self.consumer.pause(lane.tp)
             lane.paused = True
             log.warning("deliverer_partition_paused", partition=lane.partition, held=len(lane.work), waiting=len(lane.waiting))
-        elif lane.paused and len(lane.work) < self.settings.delivery_max_pending // 2 and len(lane.waiting) < self.settings.delivery_max_waiting // 2:
+        elif (
+            lane.paused
+            and len(lane.work) < self.settings.delivery_max_pending // 2
+            and len(lane.waiting) < self.settings.delivery_max_waiting // 2
+        ):
             self.consumer.resume(lane.tp)
             lane.paused = False
 
@@ -272,7 +276,9 @@ class Deliverer(ConsumerRebalanceListener):
             self.partitions = await topics.ensure_topics(settings)
             self.calls = Calls(settings, self.client, self.metrics)
             consumer = kafka.new_consumer(
-                settings, group_id=self.group_id, session_timeout_ms=settings.kafka_session_timeout_ms,
+                settings,
+                group_id=self.group_id,
+                session_timeout_ms=settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
                 # read_committed: a fetch parked at the broker is not woken when a transaction
                 # commits, so aiokafka's default 500 ms wait became delivery latency.
@@ -286,8 +292,12 @@ class Deliverer(ConsumerRebalanceListener):
             try:
                 async with kafka.started(consumer):
                     try:
-                        log.info("deliverer_started", group=self.group_id, topic=settings.topic_outcomes,
-                                 concurrency=settings.delivery_concurrency)
+                        log.info(
+                            "deliverer_started",
+                            group=self.group_id,
+                            topic=settings.topic_outcomes,
+                            concurrency=settings.delivery_concurrency,
+                        )
                         self.ready_flag.set()
                         await self._consume(consumer, stop)
                     finally:

@@ -127,9 +127,7 @@ class Calls:
         if gate.timer is not None:
             gate.timer.cancel()
         gate.timer = asyncio.get_running_loop().call_later(step.until - now, self._unpark, gate)
-        log.warning(
-            "account_parked", appid=gate.appid, reason=step.reason.value, seconds=round(step.until - now, 1), alert=True
-        )
+        log.warning("account_parked", appid=gate.appid, reason=step.reason.value, seconds=round(step.until - now, 1), alert=True)
         self._gauge_parked()
 
     def _unpark(self, gate: AccountGate) -> None:

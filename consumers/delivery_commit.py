@@ -130,7 +130,9 @@ async def _write_marker(settings: Settings, lane: PartitionLane, state: str, ins
     try:
         with kafka.broker_errors("write owner marker"):
             await lane.producer.send(
-                settings.topic_delivery_waiting, waiting_room.encode(marker), key=waiting_room.OWNER_KEY,
+                settings.topic_delivery_waiting,
+                waiting_room.encode(marker),
+                key=waiting_room.OWNER_KEY,
                 partition=lane.partition,
             )
             await lane.producer.commit_transaction()
@@ -170,7 +172,10 @@ async def commit(
                 await batch.add(room, lane.partition, key, value)
             if closing_as is not None:
                 marker = waiting_room.OwnerMarker(
-                    state="closed", token=lane.token, instance=closing_as, at=time.time(),
+                    state="closed",
+                    token=lane.token,
+                    instance=closing_as,
+                    at=time.time(),
                     attempted_below=lane.attempted_below,
                 )
                 await batch.add(room, lane.partition, waiting_room.OWNER_KEY, waiting_room.encode(marker))

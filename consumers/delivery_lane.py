@@ -340,7 +340,7 @@ class PartitionLane:
         plan = CommitPlan()
         plan.prefix = self.finished_prefix()
         in_prefix = len(plan.prefix)
-        for n, (offset, item) in enumerate(self.work.items()):
+        for n, item in enumerate(self.work.values()):
             if isinstance(item, Done):
                 if n < in_prefix:
                     if item.record is not None:
@@ -361,8 +361,11 @@ class PartitionLane:
         if plan.prefix:
             plan.offset = plan.prefix[-1][0] + 1
         self._planned_in_room = len(self.finished_in_room)
-        self._planned_ahead = [item for n, (_, item) in enumerate(self.work.items())
-                               if n >= in_prefix and isinstance(item, Done) and not item.in_room]
+        self._planned_ahead = [
+            item
+            for n, (_, item) in enumerate(self.work.items())
+            if n >= in_prefix and isinstance(item, Done) and not item.in_room
+        ]
         return plan
 
     def committed(self, plan: CommitPlan) -> list[bytes]:

@@ -230,8 +230,7 @@ def plan_reinjection(
         record = entry.record
         if corrected is not None:
             line = corrected[i]
-            item = Reinjection(entry, key_of(line), line,
-                               [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()), marker])
+            item = Reinjection(entry, key_of(line), line, [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()), marker])
         else:
             item = Reinjection(entry, record.key, record.value, [*original_headers(record.headers), marker])
         previous = already.get(entry.position)
@@ -261,7 +260,11 @@ async def reinject(
     """Send the chosen DLQ records (or their corrections) to ``invoice.events``."""
     already = await reinjected_positions(settings)
     items = plan_reinjection(
-        entries, corrected=corrected, already=already, max_bytes=settings.max_event_bytes, force=force,
+        entries,
+        corrected=corrected,
+        already=already,
+        max_bytes=settings.max_event_bytes,
+        force=force,
         allow_invalid=allow_invalid,
     )
     report = ReinjectReport(items, dry_run=dry_run)
@@ -279,9 +282,7 @@ async def reinject(
             with kafka.broker_errors(f"send to {settings.topic_events}"):
                 # No partition given: the default partitioner hashes the key,
                 # as upstream's producer does, so the invoice's order holds.
-                futures.append(
-                    await producer.send(settings.topic_events, key=item.key, value=item.value, headers=item.headers)
-                )
+                futures.append(await producer.send(settings.topic_events, key=item.key, value=item.value, headers=item.headers))
         with kafka.broker_errors(f"send to {settings.topic_events}"):
             metadata = await asyncio.gather(*futures)
     for item, meta in zip(todo, metadata, strict=True):

@@ -333,13 +333,17 @@ class PartitionWorker:
                 if await self._closed_within(self._backoff()):
                     return
 
-    async def _retake(self, reason: str) -> None:
-        """The ownership sequence again, for this one partition, with a new producer."""
+    async def replace_producer(self, reason: str) -> None:
+        """A new producer with the same transactional id (its init fences only the old one)."""
         old = self.producer
         self.producer = self.processor.clients.transactional_producer(self.txn_id, self.processor.batch_bytes)
         self.processor.metrics.producer_replacements_total.labels("processor", reason).inc()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.stop(), _PRODUCER_CALL_S)
+
+    async def _retake(self, reason: str) -> None:
+        """The ownership sequence again, for this one partition, with a new producer."""
+        await self.replace_producer(reason)
         position = (await self.processor.take_ownership({self.tp: self}))[self.tp]
         self.processor.seek(self.tp, position)
         log.info("partition taken over again", partition=self.tp.partition, reason=reason, position=position)
@@ -360,6 +364,10 @@ class PartitionWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.closing.wait(), seconds)
         return self.closing.is_set()
+
+    def mark_stalled(self, reason: str | None, error: BaseException | None = None) -> None:
+        """Stalled for ``reason`` (``None``: resumed); said once per change of state."""
+        self._set_stall(reason, error)
 
     def _set_stall(self, reason: str | None, error: BaseException | None = None) -> None:
         """Record a change of state once: a log line and the gauge, not one line per attempt."""
@@ -418,6 +426,8 @@ class Processor(ConsumerRebalanceListener):
         self.partitions: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self._fatal: BaseException | None = None
+        #: Partitions assigned and still being taken over (``on_partitions_assigned``).
+        self._assigning: dict[TopicPartition, PartitionWorker] = {}
         self.ready = asyncio.Event()
         self.processed = 0
         self.batch_bytes = _MAX_BATCH_BYTES
@@ -433,10 +443,11 @@ class Processor(ConsumerRebalanceListener):
 
     def is_ready(self) -> bool:
         """Ready while consuming and no partition is stalled (``/readyz``)."""
-        return self.ready.is_set() and not any(w.stall for w in self.workers.values())
+        return self.ready.is_set() and not self.stalled()
 
     def stalled(self) -> dict[int, str]:
-        return {tp.partition: w.stall for tp, w in self.workers.items() if w.stall}
+        """Partitions that cannot make progress, with the reason (assigned ones still being taken over too)."""
+        return {tp.partition: w.stall for tp, w in (*self._assigning.items(), *self.workers.items()) if w.stall}
 
     def consumer_pause(self, tp: TopicPartition) -> None:
         if self.consumer is not None and tp in self.consumer.assignment():
@@ -510,6 +521,36 @@ class Processor(ConsumerRebalanceListener):
             positions[tp] = begins[tp] if committed is None else committed
         return positions
 
+    async def _take_ownership_through_outages(self, workers: dict[TopicPartition, PartitionWorker]) -> dict[TopicPartition, int]:
+        """``take_ownership``, waiting out a broker that cannot be reached.
+
+        A rebalance often comes *because* of an outage (sessions expire while
+        the broker is down), so the assignment is exactly when producers
+        cannot be initialised. The process does not stop for that: the
+        partitions count as stalled (``/readyz`` false, the gauge, one log
+        line each), and the sequence starts again with new producers, with
+        backoff, until the broker answers. Any other error still stops the
+        process: a partition we cannot open must not be silently skipped.
+        """
+        attempts = 0
+        while True:
+            try:
+                positions = await self.take_ownership(workers)
+            except BrokerError as exc:
+                if isinstance(exc, FencedError):
+                    raise  # a newer producer of ours appeared during our own init: not an outage
+                attempts += 1
+                self.metrics.broker_retries_total.labels("processor", "broker_unavailable").inc()
+                for worker in workers.values():
+                    worker.mark_stalled("broker_unavailable", exc)
+                await asyncio.sleep(min(_RETRY_FIRST_S * 2 ** min(attempts - 1, 10), _RETRY_MAX_S) * random.uniform(0.75, 1.25))
+                for worker in workers.values():
+                    await worker.replace_producer("broker_unavailable")
+                continue
+            for worker in workers.values():
+                worker.mark_stalled(None)
+            return positions
+
     # -- rebalance (awaited by aiokafka's coordinator)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -523,9 +564,10 @@ class Processor(ConsumerRebalanceListener):
         new = [tp for tp in assigned if tp not in self.workers]
         if not new:
             return
+        workers = {tp: PartitionWorker(self, tp) for tp in new}
+        self._assigning = workers
         try:
-            workers = {tp: PartitionWorker(self, tp) for tp in new}
-            positions = await self.take_ownership(workers)
+            positions = await self._take_ownership_through_outages(workers)
             assert self.consumer is not None
             # No await from here to the registration: the main loop must never
             # hold records of a registered worker fetched from another position.
@@ -536,7 +578,10 @@ class Processor(ConsumerRebalanceListener):
             # aiokafka logs and swallows callback errors; a partition we
             # failed to open would then be silently ignored. Stop instead.
             self._fatal = exc
+            await asyncio.gather(*(w.close() for w in workers.values()), return_exceptions=True)
             raise
+        finally:
+            self._assigning = {}
         # The cache budget is per process: share it among the partitions held now.
         share = self.settings.state_cache_size // max(len(self.workers), 1)
         for worker in self.workers.values():

@@ -214,8 +214,14 @@ async def enqueue_repairs(settings: Settings, plans: Iterable[RepairPlan], now: 
         with kafka.broker_errors(f"write {settings.topic_outcomes}"):
             await asyncio.gather(*futures)
     for plan in plans:
-        log.info("repair_enqueued", invoice=plan.key, idempotency_key=plan.idempotency_key, reason=str(plan.reason),
-                 from_status=str(plan.from_status), to_status=str(plan.to_status))
+        log.info(
+            "repair_enqueued",
+            invoice=plan.key,
+            idempotency_key=plan.idempotency_key,
+            reason=str(plan.reason),
+            from_status=str(plan.from_status),
+            to_status=str(plan.to_status),
+        )
     return len(plans)
 
 
@@ -246,8 +252,10 @@ async def reconcile(
     started = time.perf_counter()
     now = datetime.now(UTC)
     own_replay = replayed is None
-    result = replayed if replayed is not None else await replay(
-        settings, in_memory=state_dir is None, state_dir=state_dir, progress=progress
+    result = (
+        replayed
+        if replayed is not None
+        else await replay(settings, in_memory=state_dir is None, state_dir=state_dir, progress=progress)
     )
     try:
         index = EvidenceIndex()
@@ -290,7 +298,13 @@ async def reconcile(
     if repair:
         report.enqueued = await enqueue_repairs(settings, report.repairs, _stamp(datetime.now(UTC)))
     report.seconds = time.perf_counter() - started
-    log.info("reconcile_finished", invoices=report.invoices, differences=len(report.differences),
-             enqueued=report.enqueued, pending=len(report.pending), seconds=round(report.seconds, 3),
-             **{k: n for k, n in report.counts.items() if n})
+    log.info(
+        "reconcile_finished",
+        invoices=report.invoices,
+        differences=len(report.differences),
+        enqueued=report.enqueued,
+        pending=len(report.pending),
+        seconds=round(report.seconds, 3),
+        **{k: n for k, n in report.counts.items() if n},
+    )
     return report

@@ -211,19 +211,25 @@ def print_reconcile_report(report: ReconcileReport, console: Any = None, *, exam
         table.add_column("observed")
         table.add_column("detail")
         for d in items[:examples]:
-            table.add_row(d.key, "" if d.partition is None else str(d.partition), d.expected or "", d.observed or "",
-                          d.detail)
+            table.add_row(d.key, "" if d.partition is None else str(d.partition), d.expected or "", d.observed or "", d.detail)
         console.print(table)
-    for title, plans in (("repairs enqueued" if report.repair_requested else "repairs --repair would enqueue",
-                          report.repairs), ("repairs still pending (not sent again)", report.pending)):
+    for title, plans in (
+        ("repairs enqueued" if report.repair_requested else "repairs --repair would enqueue", report.repairs),
+        ("repairs still pending (not sent again)", report.pending),
+    ):
         if not plans:
             continue
         table = Table(title=f"{title}: {len(plans):,} (first {min(examples, len(plans))})", title_justify="left")
         for name in ("invoice", "partition", "move", "reason", "idempotency key"):
             table.add_column(name)
         for p in plans[:examples]:
-            table.add_row(p.key, str(p.partition), f"{short(p.from_status)} -> {short(p.to_status)} (v{p.version})",
-                          p.reason, p.idempotency_key)
+            table.add_row(
+                p.key,
+                str(p.partition),
+                f"{short(p.from_status)} -> {short(p.to_status)} (v{p.version})",
+                p.reason,
+                p.idempotency_key,
+            )
         console.print(table)
     for note in _reconcile_notes(report):
         console.print(f"- {note}")
@@ -244,11 +250,11 @@ def _reconcile_notes(report: ReconcileReport) -> list[str]:
     if truncated:
         notes.append(f"[yellow]invoice.events partitions {truncated} lost their first events to retention[/]")
     if report.repair_requested:
-        notes.append(f"repair: {report.enqueued:,} enqueued, {len(report.pending):,} already pending, "
-                     f"{unrepairable:,} unrepairable")
+        notes.append(
+            f"repair: {report.enqueued:,} enqueued, {len(report.pending):,} already pending, {unrepairable:,} unrepairable"
+        )
     elif report.repairs:
-        notes.append(f"{len(report.repairs):,} repairs would be enqueued by --repair "
-                     f"({len(report.pending):,} already pending)")
+        notes.append(f"{len(report.repairs):,} repairs would be enqueued by --repair ({len(report.pending):,} already pending)")
     return notes
 
 

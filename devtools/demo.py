@@ -41,6 +41,11 @@ from domain.status import ReimburseStatus as S
 DEMO_APPID = "wx1234567890abcdef"
 
 
+def demo_invoice(n: int) -> tuple[str, str]:
+    """The card id and code of the demo's ``n``-th invoice."""
+    return f"pDemoCard{n:06d}", f"{4400000000 + n}"
+
+
 def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
     """Lifecycle stories, interleaved across invoices as upstream would send them."""
     rng = random.Random(seed)
@@ -55,7 +60,7 @@ def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
     ]
     queues = []
     for n in range(n_invoices):
-        card_id, code = f"pDemoCard{n:06d}", f"{4400000000 + n}"
+        card_id, code = demo_invoice(n)
         events = []
         for i, status in enumerate(rng.choice(stories)):
             event = {
@@ -75,7 +80,10 @@ def demo_stream(n_invoices: int, seed: int = 2026) -> Iterator[bytes]:
         b"not json at all",
         b'{"specversion": "1.0", "id": "x", "source": "/erp", "type": "invoice.reimbursement.locked"}',
         b'{"specversion": "1.0", "id": "y", "source": "/erp", "type": "invoice.exploded", "data": {"card_id": "a", "code": "1"}}',
-        b'{"specversion": "1.0", "id": "z", "source": "/erp", "type": "invoice.status.set", "data": {"card_id": "a", "code": "1", "reimburse_status": "PAID"}}',
+        (
+            b'{"specversion": "1.0", "id": "z", "source": "/erp", "type": "invoice.status.set", '
+            b'"data": {"card_id": "a", "code": "1", "reimburse_status": "PAID"}}'
+        ),
     ]
     while queues:
         i = rng.randrange(len(queues))
@@ -175,7 +183,9 @@ async def _wait_until_delivered(settings: Settings, sent: int, timeout: float = 
         dlq = await _read(settings, settings.topic_dlq)
         accepted = sum(o["type"] == OutcomeType.ACCEPTED for o in outcomes)
         # Delivery records are CloudEvents; their data is the record.
-        deliveries = [msgspec.to_builtins(wire.decode_delivery(r.value)) for r in await _read(settings, settings.topic_deliveries)]
+        deliveries = [
+            msgspec.to_builtins(wire.decode_delivery(r.value)) for r in await _read(settings, settings.topic_deliveries)
+        ]
         if len(outcomes) + len(dlq) >= sent and len(deliveries) >= accepted:
             return outcomes, deliveries
         if time.monotonic() > deadline:
@@ -230,9 +240,13 @@ def _next_steps(console: Console, settings: Settings, sim_url: str, metrics_url:
     console.print(f"  replay     {prefix} invoice-sm replay", highlight=False, soft_wrap=True)
     console.print(f"  reconcile  {prefix} invoice-sm reconcile --wechat-sim-url {sim_url}", highlight=False, soft_wrap=True)
     console.print(f"  DLQ        {prefix} invoice-sm dlq list", highlight=False, soft_wrap=True)
+    console.print(
+        f"  status     {prefix} invoice-sm status --direct {invoice_key(*demo_invoice(0))}", highlight=False, soft_wrap=True
+    )
     if not keep:
-        console.print("  [dim]the broker, the simulator and the metrics stop now; `./dev demo --keep` leaves them up[/]",
-                      soft_wrap=True)
+        console.print(
+            "  [dim]the broker, the simulator and the metrics stop now; `./dev demo --keep` leaves them up[/]", soft_wrap=True
+        )
 
 
 async def _serve_metrics(metrics: Any, port: int) -> None:

@@ -285,22 +285,43 @@ def _write_tls(ca_path: Path, keystore_path: Path) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kafka-local test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -677,7 +698,9 @@ class LocalKafka:
             "inter.broker.listener.name": "INTERNAL",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL",
             "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self.keystore_path),
         }
@@ -750,8 +773,11 @@ class LocalKafka:
             "format",
             # A cluster's quorum is its static voters; one node is its own.
             *(() if self._voters is not None else ("--standalone",)),
-            *(arg for user, password in self.scram_users.items()
-              for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")),
+            *(
+                arg
+                for user, password in self.scram_users.items()
+                for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")
+            ),
             "-t",
             self._cluster_id or _cluster_id(),
             "-c",
@@ -876,8 +902,14 @@ class LocalKafkaCluster:
             with _registry_lock:
                 _temp_workdirs.add(self.workdir)
         self.nodes: list[LocalKafka] = [
-            LocalKafka(self.workdir / f"node{i}", heap=heap, fast_jit=fast_jit, log_level=log_level,
-                       extra_properties=extra_properties, node_id=i)
+            LocalKafka(
+                self.workdir / f"node{i}",
+                heap=heap,
+                fast_jit=fast_jit,
+                log_level=log_level,
+                extra_properties=extra_properties,
+                node_id=i,
+            )
             for i in range(1, size + 1)
         ]
         self._started = False
@@ -1051,8 +1083,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bootstrap_servers={broker.bootstrap_servers}", flush=True)
     nodes = broker.nodes if isinstance(broker, LocalKafkaCluster) else [broker]
     for node in nodes:
-        print(f"kafka_local: node {node.node_id} pid {node.pid}, workdir {node.workdir}, log {node.log_path}",
-              file=sys.stderr, flush=True)
+        print(
+            f"kafka_local: node {node.node_id} pid {node.pid}, workdir {node.workdir}, log {node.log_path}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         while not stop_requested.wait(1.0):
             for node in nodes:

@@ -338,8 +338,12 @@ def examine(ev: Evidence, *, now: datetime, grace_s: float = 30.0, default_appid
         )
     if missing:
         add(K.DELIVERY_MISSING, expected, delivered, f"no final delivery record for version(s) {missing}")
-    elif version > 0 and version not in reported and not failed and not current_in_flight and (
-        last_success is None or last_success.reimburse_status is not status
+    elif (
+        version > 0
+        and version not in reported
+        and not failed
+        and not current_in_flight
+        and (last_success is None or last_success.reimburse_status is not status)
     ):
         add(K.DELIVERY_MISSING, expected, delivered, "the last delivered status is not the state's")
 

@@ -14,6 +14,7 @@ class ReimburseStatus(StrEnum):
 
 TERMINAL_STATUSES: frozenset[ReimburseStatus] = frozenset({ReimburseStatus.CLOSURE, ReimburseStatus.CANCEL})
 
+
 class Origin(StrEnum):
     """Who moved the card: an upstream request, or WeChat reporting a fact."""
 
@@ -40,7 +41,9 @@ EVENT_TYPE_TARGETS: dict[str, ReimburseStatus | None] = {
 }
 
 #: The origin of each event type (every type but WeChat's report is upstream's).
-EVENT_TYPE_ORIGINS: dict[str, Origin] = dict.fromkeys(EVENT_TYPE_TARGETS, Origin.UPSTREAM) | {WECHAT_STATUS_REPORTED: Origin.WECHAT}
+EVENT_TYPE_ORIGINS: dict[str, Origin] = dict.fromkeys(EVENT_TYPE_TARGETS, Origin.UPSTREAM) | {
+    WECHAT_STATUS_REPORTED: Origin.WECHAT
+}
 
 #: The event type that asks for each status, derived (the inverse of the fixed targets).
 STATUS_EVENT_TYPES: dict[ReimburseStatus, str] = {s: t for t, s in EVENT_TYPE_TARGETS.items() if s is not None}

@@ -52,9 +52,7 @@ def _short(status: ReimburseStatus) -> str:
     return status.value.removeprefix("INVOICE_REIMBURSE_")
 
 
-def wechat_answer(
-    current: ReimburseStatus, requested: ReimburseStatus, *, refuse_lock_to_cancel: bool = False
-) -> WeChatAnswer:
+def wechat_answer(current: ReimburseStatus, requested: ReimburseStatus, *, refuse_lock_to_cancel: bool = False) -> WeChatAnswer:
     """What WeChat answers when a card in ``current`` is asked to become ``requested``."""
     if requested is current:
         return WeChatAnswer(STATUS_ERROR, f"already {_short(current)}")

@@ -87,7 +87,11 @@ def malformed_cases(max_bytes: int = 65536) -> list[tuple[str, bytes | None, byt
         "not_cloudevent",
         [("ce_specversion", b"1.0"), ("ce_type", ev["type"].encode()), ("ce_source", b"/erp")],
     )
-    add("card_id with a trailing newline", *_mutate(922, lambda e: e["data"].update(card_id=e["data"]["card_id"] + "\n")), "invalid_data")
+    add(
+        "card_id with a trailing newline",
+        *_mutate(922, lambda e: e["data"].update(card_id=e["data"]["card_id"] + "\n")),
+        "invalid_data",
+    )
     add("appid with a trailing newline", *_mutate(923, lambda e: e["data"].update(appid="wx1234567890abcdef\n")), "invalid_data")
     add("time with non-ASCII digits", *_mutate(924, lambda e: e.update(time="２０２６-11-23T10:00:00Z")), "not_cloudevent")
     add("time with a trailing newline", *_mutate(925, lambda e: e.update(time="2026-11-23T10:00:00Z\n")), "not_cloudevent")
@@ -100,7 +104,13 @@ def malformed_cases(max_bytes: int = 65536) -> list[tuple[str, bytes | None, byt
     add("datacontenttype xml", *_mutate(930, lambda e: e.update(datacontenttype="application/xml")), "unsupported_content_type")
     add("partitionkey of another invoice", *_mutate(931, lambda e: e.update(partitionkey="x/y")), "key_mismatch")
     k932, v932 = _mutate(932, lambda e: None)
-    add("batch mode content type", k932, v932, "unsupported_content_type", [("content-type", b"application/cloudevents-batch+json")])
+    add(
+        "batch mode content type",
+        k932,
+        v932,
+        "unsupported_content_type",
+        [("content-type", b"application/cloudevents-batch+json")],
+    )
     add("header name not UTF-8", k932, v932, "bad_header", [("\udcff\udcfe", b"x")])
     ev = _valid(933)
     add(
@@ -120,9 +130,12 @@ def malformed_cases(max_bytes: int = 65536) -> list[tuple[str, bytes | None, byt
     return cases
 
 
-def producible(cases: list[tuple[str, bytes | None, bytes | None, Headers, str]]) -> list[tuple[str, bytes | None, bytes | None, Headers, str]]:
+def producible(
+    cases: list[tuple[str, bytes | None, bytes | None, Headers, str]],
+) -> list[tuple[str, bytes | None, bytes | None, Headers, str]]:
     """The cases an ordinary client can send (header names must be UTF-8 there;
     a record with a non-UTF-8 name is crafted byte by byte in the intake tests)."""
+
     def sendable(name: str) -> bool:
         try:
             name.encode("utf-8")

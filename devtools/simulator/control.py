@@ -81,7 +81,8 @@ class SimulatorControl:
 
     def set_card(self, appid: str, card_id: str, code: str, reimburse_status: str) -> None:
         self._call(
-            "PUT", "/_sim/cards",
+            "PUT",
+            "/_sim/cards",
             json={"appid": appid, "card_id": card_id, "code": code, "reimburse_status": str(reimburse_status)},
         )
 

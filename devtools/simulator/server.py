@@ -168,9 +168,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     sim = request.app[SIM_KEY]
     q = request.query
     appid = q.get("appid")
-    return await _run(
-        request, appid, lambda fault: sim.get_token(q.get("grant_type"), appid, q.get("secret"), fault=fault)
-    )
+    return await _run(request, appid, lambda fault: sim.get_token(q.get("grant_type"), appid, q.get("secret"), fault=fault))
 
 
 async def stable_token(request: web.Request) -> web.StreamResponse:
@@ -192,9 +190,7 @@ async def authorizer_token(request: web.Request) -> web.StreamResponse:
     payload = _decode(await request.read())
     appid = payload.get("authorizer_appid") if isinstance(payload, dict) else None
     component_token_ = request.query.get("component_access_token")
-    return await _run(
-        request, appid, lambda fault: sim.get_authorizer_token(component_token_, payload, fault=fault)
-    )
+    return await _run(request, appid, lambda fault: sim.get_authorizer_token(component_token_, payload, fault=fault))
 
 
 #: Calls still processed after their client went away (``finish_abandoned``).
@@ -286,9 +282,7 @@ async def sim_cards(request: web.Request) -> web.Response:
 async def sim_set_card(request: web.Request) -> web.Response:
     body = await _body(request)
     try:
-        request.app[SIM_KEY].set_card(
-            str(body["appid"]), str(body["card_id"]), str(body["code"]), str(body["reimburse_status"])
-        )
+        request.app[SIM_KEY].set_card(str(body["appid"]), str(body["card_id"]), str(body["code"]), str(body["reimburse_status"]))
     except (KeyError, TypeError, ValueError) as exc:
         return _bad(exc if not isinstance(exc, KeyError) else ValueError(f"missing {exc}"))
     return _json({"ok": True})
@@ -445,8 +439,11 @@ async def _authorization(request: web.Request, revoke: bool) -> web.Response:
     info_type = "unauthorized" if revoke else "authorized"
     extra: dict[str, str | int] = {"AuthorizerAppid": appid}
     if not revoke:
-        extra.update(AuthorizationCode=f"queryauthcode@@@{appid}", AuthorizationCodeExpiredTime=int(sim.now()) + 3600,
-                     PreAuthCode=f"preauthcode@@@{appid}")
+        extra.update(
+            AuthorizationCode=f"queryauthcode@@@{appid}",
+            AuthorizationCodeExpiredTime=int(sim.now()) + 3600,
+            PreAuthCode=f"preauthcode@@@{appid}",
+        )
     try:
         push_id = pusher.component_push(info_type, component_appid, **extra)
     except LookupError as exc:
@@ -678,7 +675,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8088, help="0 picks a free port")
     p.add_argument("--latency-ms", type=int, default=0, help="added to every updatestatus call")
     p.add_argument(
-        "--account", type=_account, action="append", default=[], metavar="APPID:SECRET",
+        "--account",
+        type=_account,
+        action="append",
+        default=[],
+        metavar="APPID:SECRET",
         help="an account (repeatable), added to the demo accounts",
     )
     p.add_argument("--no-demo-accounts", action="store_true", help="only the --account accounts, no component")

@@ -337,9 +337,7 @@ class WeChatSimulator:
         self._accounts = dict(DEFAULT_ACCOUNTS if accounts is None else accounts)
         self._components = dict(DEFAULT_COMPONENTS if components is None else components)
         self._authorizers: dict[str, _Authorizer] = {}
-        for auth_appid, (component_appid, refresh_token) in (
-            DEFAULT_AUTHORIZERS if authorizers is None else authorizers
-        ).items():
+        for auth_appid, (component_appid, refresh_token) in (DEFAULT_AUTHORIZERS if authorizers is None else authorizers).items():
             self._authorizers[auth_appid] = _Authorizer(component_appid, {refresh_token}, refresh_token)
         self._initial_config = _Config(
             latency_ms=latency_ms,
@@ -565,10 +563,7 @@ class WeChatSimulator:
 
     def cards(self) -> list[Card]:
         with self._lock:
-            return [
-                Card(appid=a, card_id=c, code=k, reimburse_status=s.value)
-                for (a, c, k), s in self._cards.items()
-            ]
+            return [Card(appid=a, card_id=c, code=k, reimburse_status=s.value) for (a, c, k), s in self._cards.items()]
 
     def issued_secrets(self) -> set[str]:
         """Every credential this simulator knows or issued: account and component
@@ -874,8 +869,13 @@ class WeChatSimulator:
                 issued = True
                 body = {"access_token": token, "expires_in": self._expires_in(token)}
             return self._record_token_call(
-                path=TOKEN_PATH, kind="token", appid=appid, body=body,
-                token_field="access_token", issued=issued, fault=fault,
+                path=TOKEN_PATH,
+                kind="token",
+                appid=appid,
+                body=body,
+                token_field="access_token",
+                issued=issued,
+                fault=fault,
             )
 
     def get_stable_token(self, payload: Any, *, fault: FaultRule | None = None) -> Outcome:
@@ -907,8 +907,14 @@ class WeChatSimulator:
                     issued = True
                 body = {"access_token": token, "expires_in": self._expires_in(token)}
             return self._record_token_call(
-                path=STABLE_TOKEN_PATH, kind="stable_token", appid=appid, body=body,
-                token_field="access_token", issued=issued, fault=fault, force_refresh=force,
+                path=STABLE_TOKEN_PATH,
+                kind="stable_token",
+                appid=appid,
+                body=body,
+                token_field="access_token",
+                issued=issued,
+                fault=fault,
+                force_refresh=force,
             )
 
     def get_component_token(self, payload: Any, *, fault: FaultRule | None = None) -> Outcome:
@@ -940,8 +946,13 @@ class WeChatSimulator:
                     issued = True
                     body = {"component_access_token": token, "expires_in": self._expires_in(token)}
             return self._record_token_call(
-                path=COMPONENT_TOKEN_PATH, kind="component_token", appid=appid, body=body,
-                token_field="component_access_token", issued=issued, fault=fault,
+                path=COMPONENT_TOKEN_PATH,
+                kind="component_token",
+                appid=appid,
+                body=body,
+                token_field="component_access_token",
+                issued=issued,
+                fault=fault,
             )
 
     def get_authorizer_token(
@@ -960,8 +971,13 @@ class WeChatSimulator:
                 body = self._authorizer_token(component_access_token, payload, appid)
                 issued = body.get("errcode", 0) == 0
             return self._record_token_call(
-                path=AUTHORIZER_TOKEN_PATH, kind="authorizer_token", appid=appid, body=body,
-                token_field="authorizer_access_token", issued=issued, fault=fault,
+                path=AUTHORIZER_TOKEN_PATH,
+                kind="authorizer_token",
+                appid=appid,
+                body=body,
+                token_field="authorizer_access_token",
+                issued=issued,
+                fault=fault,
             )
 
     def _authorizer_token(self, component_token: str | None, payload: Any, appid: str | None) -> dict[str, Any]:
@@ -1068,9 +1084,7 @@ class WeChatSimulator:
             )
             return outcome
 
-    def _transition(
-        self, key: tuple[str, str, str], current: ReimburseStatus, target: ReimburseStatus
-    ) -> dict[str, Any]:
+    def _transition(self, key: tuple[str, str, str], current: ReimburseStatus, target: ReimburseStatus) -> dict[str, Any]:
         """WeChat's refusals (``domain.wechat_rules``, the one statement of them); else apply."""
         answer = wechat_answer(current, target, refuse_lock_to_cancel=self._config.refuse_lock_to_cancel)
         if not answer.applied:
@@ -1098,7 +1112,10 @@ def _str_or_none(value: Any) -> str | None:
 
 def _gateway_page(status: int) -> str:
     # What a proxy in front of WeChat sends: HTML, not a WeChat JSON answer.
-    return f"<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center><hr><center>simulator</center></body></html>\n"
+    return (
+        f"<html><head><title>{status}</title></head>"
+        f"<body><center><h1>{status}</h1></center><hr><center>simulator</center></body></html>\n"
+    )
 
 
 def _parse_rule(rule: Mapping[str, Any]) -> FaultRule:

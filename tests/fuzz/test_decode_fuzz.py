@@ -74,7 +74,9 @@ def check_dlq_copy(name: str, record: Any, refused: InvalidEventError) -> None:
     """The refused record's DLQ copy is writable and fits the budget it was given."""
     limit = _limits.choice(DLQ_LIMITS)
     try:
-        key, value, headers, truncated = wire.dlq_copy(record, refused, refused.reason, "2026-12-02T00:00:00Z", max_record_bytes=limit)
+        key, value, headers, truncated = wire.dlq_copy(
+            record, refused, refused.reason, "2026-12-02T00:00:00Z", max_record_bytes=limit
+        )
     except Exception as exc:  # the point: nothing else may escape
         raise AssertionError(f"{name}: dlq_copy raised {type(exc).__name__}: {str(exc)[:200]} for {describe(record)}") from exc
     where = f"{name}: DLQ copy (limit {limit}) of {describe(record)}"
@@ -207,25 +209,65 @@ _json = st.recursive(
 def structured_events(draw: st.DrawFn) -> tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]:
     ev = valid_event(draw(st.integers(0, 50)))
     key = key_of(ev)
-    for field in draw(st.lists(st.sampled_from(["specversion", "id", "source", "type", "time", "subject", "data", "data_base64", "partitionkey", "datacontenttype"]), max_size=3)):
+    for field in draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "specversion",
+                    "id",
+                    "source",
+                    "type",
+                    "time",
+                    "subject",
+                    "data",
+                    "data_base64",
+                    "partitionkey",
+                    "datacontenttype",
+                ]
+            ),
+            max_size=3,
+        )
+    ):
         ev[field] = draw(_json)
     for field in draw(st.lists(st.sampled_from(["card_id", "code", "appid", "reimburse_status"]), max_size=2)):
         if isinstance(ev.get("data"), dict):
             ev["data"][field] = draw(_json)
     value = json.dumps(ev, allow_nan=True).encode("utf-8", "surrogatepass")
-    headers = draw(st.lists(st.tuples(st.sampled_from(["content-type", "ce_specversion", "ce_id", "x", "\udcff"]), st.one_of(st.none(), st.binary(max_size=40))), max_size=3))
+    headers = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["content-type", "ce_specversion", "ce_id", "x", "\udcff"]),
+                st.one_of(st.none(), st.binary(max_size=40)),
+            ),
+            max_size=3,
+        )
+    )
     return draw(st.sampled_from([key, None, b"x/y"])), value, headers
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(structured_events())
-def test_structure_aware_hostile_events_end_as_an_event_or_a_refusal(case: tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]) -> None:
+def test_structure_aware_hostile_events_end_as_an_event_or_a_refusal(
+    case: tuple[bytes | None, bytes, list[tuple[str, bytes | None]]],
+) -> None:
     key, value, headers = case
     decide("hypothesis", consumer_record(key, value, headers))
 
 
 _header_names = st.one_of(
-    st.sampled_from(["content-type", "Content-Type", "ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_partitionkey"]),
+    st.sampled_from(
+        [
+            "content-type",
+            "Content-Type",
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "ce_subject",
+            "ce_partitionkey",
+        ]
+    ),
     st.text(max_size=20),
     # A name that is not UTF-8 on the wire, as aiokafka (adapters.kafka_records) delivers it.
     st.binary(min_size=1, max_size=8).map(lambda raw: raw.decode("utf-8", "surrogateescape")),
@@ -235,8 +277,20 @@ _header_names = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     key=st.one_of(st.none(), st.binary(max_size=80), st.just(b"pjZ8Yt7Um2jYxzneP8Gom0000001/186921658592")),
-    value=st.one_of(st.none(), st.binary(max_size=300), _json.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))),
-    headers=st.lists(st.tuples(_header_names, st.one_of(st.none(), st.binary(max_size=40), st.sampled_from([b"1.0", b"application/cloudevents+json", b"application/json"]))), max_size=6),
+    value=st.one_of(
+        st.none(), st.binary(max_size=300), _json.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))
+    ),
+    headers=st.lists(
+        st.tuples(
+            _header_names,
+            st.one_of(
+                st.none(), st.binary(max_size=40), st.sampled_from([b"1.0", b"application/cloudevents+json", b"application/json"])
+            ),
+        ),
+        max_size=6,
+    ),
 )
-def test_arbitrary_bytes_and_headers_end_as_an_event_or_a_refusal(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+def test_arbitrary_bytes_and_headers_end_as_an_event_or_a_refusal(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> None:
     decide("hypothesis binary", consumer_record(key, value, headers))

@@ -45,7 +45,10 @@ def own_broker() -> Iterator[LocalKafka]:
 
 def _one_partition(broker: LocalKafka, tmp_path: Path, prefix: str, **overrides: object) -> Settings:
     """Settings with topics of their own (the module's broker is shared) and one partition."""
-    topics = {f"topic_{role}": f"{prefix}.{role}" for role in ("events", "outcomes", "state", "deliveries", "delivery_waiting", "component", "dlq")}
+    topics = {
+        f"topic_{role}": f"{prefix}.{role}"
+        for role in ("events", "outcomes", "state", "deliveries", "delivery_waiting", "component", "dlq")
+    }
     return load_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_partitions=1,
@@ -143,7 +146,7 @@ async def test_processor_rides_out_an_outage_longer_than_its_transaction_timeout
             outage_lines = processor.log_text().count("\n") - lines_before
             await asyncio.to_thread(own_broker.restart)
             sent = await read_topic(settings, settings.topic_events)
-            remaining = events[len(sent):]
+            remaining = events[len(sent) :]
             await produce_events(settings, remaining)
             deadline = loop.time() + 150
             while len(await read_topic(settings, settings.topic_outcomes)) < len(events):
@@ -165,7 +168,9 @@ async def test_processor_rides_out_an_outage_longer_than_its_transaction_timeout
     assert summary["events"] == len(events)
 
 
-async def test_a_fenced_partition_reports_itself_and_is_taken_back_while_still_assigned(own_broker: LocalKafka, tmp_path: Path) -> None:
+async def test_a_fenced_partition_reports_itself_and_is_taken_back_while_still_assigned(
+    own_broker: LocalKafka, tmp_path: Path
+) -> None:
     """Another producer with our transactional id (a zombie, an operator's
     tool) fences us. The partition says so (gauge, readiness); since the group
     still assigns it here after the grace, the worker takes it back and every

@@ -77,8 +77,13 @@ def _message(case: Case, n: int) -> tuple[str, Any]:
     card_id, code = card(900 + n)
     key = invoice_key(card_id, code)
     event_id = f"sdk-{n}"
-    attributes = {"id": event_id, "source": "/erp/reimbursement", "type": LOCKED, "subject": key,
-                  "datacontenttype": "application/json"}
+    attributes = {
+        "id": event_id,
+        "source": "/erp/reimbursement",
+        "type": LOCKED,
+        "subject": key,
+        "datacontenttype": "application/json",
+    }
     if case.partitionkey:
         attributes["partitionkey"] = key
     data: Any = {"card_id": card_id, "code": code, "appid": APPID}
@@ -98,8 +103,7 @@ def _message(case: Case, n: int) -> tuple[str, Any]:
 def _publish(settings: Settings, messages: list[Any]) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True})
     for message in messages:
-        producer.produce(settings.topic_events, key=message.key, value=message.value,
-                         headers=list(message.headers.items()))
+        producer.produce(settings.topic_events, key=message.key, value=message.value, headers=list(message.headers.items()))
     assert producer.flush(30) == 0
 
 
@@ -108,7 +112,9 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
     """Every case published once (one invoice each) and its outcomes, DLQ records and deliveries."""
     with SimulatorServer(WeChatSimulator()) as server:
         settings = make_settings(
-            wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
             delivery_commit_interval_ms=50,
         )
         await topics.ensure_topics(settings)
@@ -127,8 +133,13 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
                 if isinstance(result, BaseException):
                     raise result
         assert len(await read_topic(settings, settings.topic_outcomes)) == decided
-    return {"ids": dict(zip(CASES, ids, strict=True)), "messages": dict(zip(CASES, messages, strict=True)),
-            "outcomes": outcomes, "dlq": dlq, "deliveries": deliveries}
+    return {
+        "ids": dict(zip(CASES, ids, strict=True)),
+        "messages": dict(zip(CASES, messages, strict=True)),
+        "outcomes": outcomes,
+        "dlq": dlq,
+        "deliveries": deliveries,
+    }
 
 
 def _sdk_message(record: Any, cls: Any) -> Any:

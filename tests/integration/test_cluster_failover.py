@@ -74,14 +74,24 @@ async def test_leader_failover_twice_keeps_exactly_once_and_delivery_order(
     with SimulatorServer(WeChatSimulator(latency_ms=3)) as server:
         settings = load_settings(
             kafka_bootstrap_servers=kafka_cluster.bootstrap_servers,
-            topic_events=f"f{suffix}.events", topic_outcomes=f"f{suffix}.outcomes", topic_state=f"f{suffix}.state",
-            topic_deliveries=f"f{suffix}.deliveries", topic_dlq=f"f{suffix}.dlq",
-            processor_group_id=f"f{suffix}.processor", deliverer_group_id=f"f{suffix}.deliverer",
-            topic_partitions=6, topic_replication_factor=3,
-            batch_max_records=200, kafka_session_timeout_ms=6000,
-            wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
-            delivery_concurrency=16, delivery_commit_interval_ms=100,
-            state_dir=tmp_path / "state", log_format="json",
+            topic_events=f"f{suffix}.events",
+            topic_outcomes=f"f{suffix}.outcomes",
+            topic_state=f"f{suffix}.state",
+            topic_deliveries=f"f{suffix}.deliveries",
+            topic_dlq=f"f{suffix}.dlq",
+            processor_group_id=f"f{suffix}.processor",
+            deliverer_group_id=f"f{suffix}.deliverer",
+            topic_partitions=6,
+            topic_replication_factor=3,
+            batch_max_records=200,
+            kafka_session_timeout_ms=6000,
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            delivery_concurrency=16,
+            delivery_commit_interval_ms=100,
+            state_dir=tmp_path / "state",
+            log_format="json",
         )
         await topics.ensure_topics(settings)
         specs, _, differences = await topics.check(settings)
@@ -112,8 +122,9 @@ async def test_leader_failover_twice_keeps_exactly_once_and_delivery_order(
                 assert service.alive(), service.log_text()[-3000:]
                 assert loop.time() < deadline, "the processor did not catch up after the failovers"
                 await asyncio.sleep(1)
-            accepted = [o for o in values(await read_topic(settings, settings.topic_outcomes))
-                        if o["type"] == "invoice.status.accepted"]
+            accepted = [
+                o for o in values(await read_topic(settings, settings.topic_outcomes)) if o["type"] == "invoice.status.accepted"
+            ]
             deliveries = values(await wait_for_count(settings, settings.topic_deliveries, len(accepted), timeout=120))
             assert service.terminate() == 0
         finally:

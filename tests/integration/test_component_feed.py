@@ -120,6 +120,7 @@ async def test_two_token_owners_follow_three_ticket_rotations_and_an_unauthorize
                 answer = (await sim.post("/_sim/clock/advance", json={"seconds": HOURS_5, "wait": True})).json()
                 assert answer["delivered"] == [True], answer
                 clock.offset += HOURS_5  # every cached token is past its 2 h now
+
                 def all_applied(n: int = rotation) -> bool:
                     return all(f.applied >= n for f in feeds)
 

@@ -93,8 +93,11 @@ async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
             await processor_task
 
         deliveries = values(records)
-        outcomes = [o for o in values(await wait_for_count(settings, settings.topic_outcomes, 4 * invoices))
-                    if o["type"] == "invoice.status.accepted"]
+        outcomes = [
+            o
+            for o in values(await wait_for_count(settings, settings.topic_outcomes, 4 * invoices))
+            if o["type"] == "invoice.status.accepted"
+        ]
         # Nothing lost: exactly one final record per accepted outcome.
         keys = Counter(d["idempotency_key"] for d in deliveries)
         assert len(outcomes) == 4 * invoices and len(keys) == 4 * invoices and set(keys.values()) == {1}
@@ -138,8 +141,11 @@ async def test_two_deliverers_in_stable_mode_never_invalidate_each_others_token(
     # any invalidation between the two instances would show as a 40001.
     with SimulatorServer(WeChatSimulator(token_grace_s=0)) as server:
         settings = make_settings(
-            wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
-            wechat_token_mode="stable", delivery_commit_interval_ms=50,
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            wechat_token_mode="stable",
+            delivery_commit_interval_ms=50,
         )
         events = four_step_lifecycles(300, seed=2)
         async with services(settings, deliverers=2) as deliverers:

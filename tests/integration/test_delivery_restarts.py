@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 RESTARTS = int(os.environ.get("INVOICE_SM_TEST_RESTARTS", "20"))
 
 
-def slow_settings(make_settings: Callable[..., Settings], server: SimulatorServer, tmp_path: Path, **overrides: object) -> Settings:
+def slow_settings(
+    make_settings: Callable[..., Settings], server: SimulatorServer, tmp_path: Path, **overrides: object
+) -> Settings:
     base: dict[str, object] = {
         "wechat_base_url": server.base_url,
         "wechat_appid": APPID,
@@ -170,8 +172,9 @@ async def test_a_partition_back_at_its_old_owner_after_a_crash_elsewhere_records
     calls = [c for c in server.sim.calls() if c.idempotency_key == second[0]["idempotency_key"]]
     assert len(calls) == 2 and calls[0].applied and calls[1].errcode == 72024  # B's call landed; A repeated it
     assert second[0]["result"] == "already_applied", second[0]
-    takeovers = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()
-                 if '"deliverer_partition_taken_over"' in line]
+    takeovers = [
+        json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines() if '"deliverer_partition_taken_over"' in line
+    ]
     assert [t["clean"] for t in takeovers] == [True, False]  # a new group's first owner; then after B's crash
 
 

@@ -27,9 +27,7 @@ pytestmark = pytest.mark.broker
 
 
 def _families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
-    return {
-        f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)
-    }
+    return {f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)}
 
 
 async def _scrape_when_ready(service: Service, url: str) -> None:
@@ -46,8 +44,11 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exposed(
     url = f"http://127.0.0.1:{port}"
     with SimulatorServer(WeChatSimulator()) as server:
         settings = make_settings(
-            wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
-            metrics_port=port, delivery_commit_interval_ms=50,
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            metrics_port=port,
+            delivery_commit_interval_ms=50,
         )
         service = Service("run", settings, tmp_path / "run.log")
         try:

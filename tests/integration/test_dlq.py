@@ -31,11 +31,14 @@ async def test_a_corrected_event_is_reinjected_once_and_decided(settings: Settin
     contradicting["data"]["reimburse_status"] = S.CLOSURE.value  # type says LOCK: invalid_data
     unknown = event(*card(3), S.LOCK, event_id="bad-2")
     unknown["type"] = "invoice.reimbursement.exploded"
-    await produce(settings, [
-        (*encode(event(good_card, good_code, S.LOCK, event_id="ok-1")), []),
-        (*encode(contradicting), [("trace-id", b"abc")]),
-        (*encode(unknown), []),
-    ])
+    await produce(
+        settings,
+        [
+            (*encode(event(good_card, good_code, S.LOCK, event_id="ok-1")), []),
+            (*encode(contradicting), [("trace-id", b"abc")]),
+            (*encode(unknown), []),
+        ],
+    )
     async with running(settings):
         await wait_for_count(settings, settings.topic_outcomes, 1)
         await wait_for_count(settings, settings.topic_dlq, 2)
@@ -66,8 +69,11 @@ async def test_a_corrected_event_is_reinjected_once_and_decided(settings: Settin
         ]
         # The re-injected record names its DLQ position; the original headers are gone with the bad value.
         events = await read_topic(settings, settings.topic_events)
-        marked = [r for r in events if (REINJECTED_HEADER, f"{settings.topic_dlq}/{where.replace(':', '/')}".encode())
-                  in (r.headers or ())]
+        marked = [
+            r
+            for r in events
+            if (REINJECTED_HEADER, f"{settings.topic_dlq}/{where.replace(':', '/')}".encode()) in (r.headers or ())
+        ]
         assert len(marked) == 1 and marked[0].key == f"{bad_card}/{bad_code}".encode()
 
         # Again: visibly skipped, nothing sent.
@@ -76,8 +82,9 @@ async def test_a_corrected_event_is_reinjected_once_and_decided(settings: Settin
         assert "already re-injected" in again.stderr
         summary = json.loads(again.stdout.splitlines()[-1])
         assert (summary["skipped_already_reinjected"], summary["sent"]) == (1, 0)
-        forced = await run_cli(settings, "dlq", "reinject", "--offsets", where, "--from-file", str(corrected),
-                               "--force", "--dry-run")
+        forced = await run_cli(
+            settings, "dlq", "reinject", "--offsets", where, "--from-file", str(corrected), "--force", "--dry-run"
+        )
         assert json.loads(forced.stdout.splitlines()[-1])["would_send"] == 1
         assert len(await read_topic(settings, settings.topic_events)) == len(events)
 

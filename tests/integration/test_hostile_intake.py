@@ -84,7 +84,12 @@ def _valid(mode: int) -> tuple[bytes, bytes, Headers, str, str]:
     if mode == 1:
         # Structured mode by content-type although ce_* headers are there too
         # (one of them null): the binding says content-type decides.
-        headers: Headers = [("content-type", b"application/cloudevents+json"), ("ce_specversion", b"1.0"), ("ce_type", b"bogus"), ("ce_id", None)]
+        headers: Headers = [
+            ("content-type", b"application/cloudevents+json"),
+            ("ce_specversion", b"1.0"),
+            ("ce_type", b"bogus"),
+            ("ce_id", None),
+        ]
         return key, json.dumps(ev).encode(), headers, "structured with ce_specversion", ev["id"]
     value, headers = binary_form(ev)
     if mode == 2:
@@ -94,13 +99,18 @@ def _valid(mode: int) -> tuple[bytes, bytes, Headers, str, str]:
 
 def _poisons(partition: int) -> list[Sent]:
     """Every poison that an ordinary client can send, for one partition."""
-    out = [Sent(f"p{partition} {name}", key, value, list(headers), reason) for name, key, value, headers, reason in producible(malformed_cases())]
+    out = [
+        Sent(f"p{partition} {name}", key, value, list(headers), reason)
+        for name, key, value, headers, reason in producible(malformed_cases())
+    ]
     n = 940 + partition
     ev = event(*card(n), "INVOICE_REIMBURSE_LOCK", event_id=f"deep-{n}")
     key = f"{ev['data']['card_id']}/{ev['data']['code']}".encode()
     body = json.dumps({k: v for k, v in ev.items() if k != "data"}).encode()
     deep = body[:-1] + b', "data": ' + b'{"card_id": ' * 5000 + b'"x"' + b"}" * 5000 + b"}"
-    out.append(Sent(f"p{partition} event nested 5,000 deep", key, deep, [("content-type", b"application/cloudevents+json")], "not_json"))
+    out.append(
+        Sent(f"p{partition} event nested 5,000 deep", key, deep, [("content-type", b"application/cloudevents+json")], "not_json")
+    )
     bkey, bvalue, bheaders, _ = binary_mode_valid(950 + partition)
     for attr in ("ce_time", "ce_type", "ce_source"):
         headers = [(name, None if name == attr else value) for name, value in bheaders]
@@ -146,8 +156,12 @@ def _produce_outside(settings: Settings, codec: str, records: list[Sent], **conf
     for sent in records:
         assert sent.partition is not None
         producer.produce(
-            settings.topic_events, value=sent.value, key=sent.key, headers=sent.headers or None,
-            partition=sent.partition, on_delivery=functools.partial(delivered, sent),
+            settings.topic_events,
+            value=sent.value,
+            key=sent.key,
+            headers=sent.headers or None,
+            partition=sent.partition,
+            on_delivery=functools.partial(delivered, sent),
         )
         producer.poll(0)
     remaining = producer.flush(60)
@@ -182,7 +196,7 @@ async def _produce_crafted(settings: Settings, partition: int, records: list[Sen
         response = await client.send(leader, request)
     finally:
         await client.close()
-    (_, partitions), = response.topics
+    ((_, partitions),) = response.topics
     answer = partitions[0]
     assert answer[0] == partition and answer[1] == 0, f"the broker refused the crafted batch: {answer}"
     for i, sent in enumerate(records):
@@ -202,7 +216,7 @@ async def _codecs_on_the_wire(settings: Settings) -> Counter[int]:
             while end is None or position < end:
                 request = FetchRequest(100, 1, 64 * 1024 * 1024, 0, [(topic, [(partition, position, 16 * 1024 * 1024)])])
                 response = await client.send(leader, request)
-                (_, partitions), = response.topics
+                ((_, partitions),) = response.topics
                 _, error, highwater, *_, raw = partitions[0]
                 assert error == 0
                 end = highwater
@@ -260,7 +274,10 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
         key, value = _padded_event(near_max)
         big["none"] += [Sent(f"p{p} value near max.message.bytes", key, value, [], "oversized", p), valid(p, 0)]
         key, value = _padded_event(2 * 1024 * 1024)
-        big["zstd"] += [Sent(f"p{p} 2 MB value, zstd", key, value, [("content-type", b"application/cloudevents+json")], "oversized", p), valid(p, 3)]
+        big["zstd"] += [
+            Sent(f"p{p} 2 MB value, zstd", key, value, [("content-type", b"application/cloudevents+json")], "oversized", p),
+            valid(p, 3),
+        ]
     for codec, records in big.items():
         # librdkafka checks the uncompressed size against its own limit.
         await asyncio.to_thread(_produce_outside, settings, codec, records, **{"message.max.bytes": 4 * 1024 * 1024})
@@ -333,7 +350,9 @@ async def test_outside_producers_every_codec_and_every_poison_in_every_partition
         copies[position] = record
         sent = poison_sent[position]
         reason = dlq_headers["dlq.error.reason"].decode()
-        assert reason == sent.reason, f"{sent.label}: reason {reason}, expected {sent.reason} ({dlq_headers['dlq.error.message']!r})"
+        assert reason == sent.reason, (
+            f"{sent.label}: reason {reason}, expected {sent.reason} ({dlq_headers['dlq.error.message']!r})"
+        )
         for name, _ in record.headers:
             name.encode("utf-8")
     assert set(copies) == set(poison_sent), [poison_sent[p].label for p in set(poison_sent) - set(copies)][:10]

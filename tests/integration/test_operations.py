@@ -48,8 +48,11 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
     url = f"http://127.0.0.1:{port}"
     with SimulatorServer(WeChatSimulator()) as server:
         settings = make_settings(
-            wechat_base_url=server.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
-            metrics_port=port, delivery_commit_interval_ms=50,
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            metrics_port=port,
+            delivery_commit_interval_ms=50,
         )
         service = Service("run", settings, tmp_path / "run.log")
         try:
@@ -59,8 +62,11 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
                 assert (await client.get(f"{url}/healthz")).status_code == 200
             before = await scrape(url)
             c, code = card(42)
-            events = [event(c, code, "INVOICE_REIMBURSE_LOCK"), event(c, code, "INVOICE_REIMBURSE_CLOSURE"),
-                      event(*card(43), "INVOICE_REIMBURSE_CLOSURE")]
+            events = [
+                event(c, code, "INVOICE_REIMBURSE_LOCK"),
+                event(c, code, "INVOICE_REIMBURSE_CLOSURE"),
+                event(*card(43), "INVOICE_REIMBURSE_CLOSURE"),
+            ]
             await produce_events(settings, events)
             await wait_for_count(settings, settings.topic_deliveries, 2)
             await asyncio.sleep(0.3)
@@ -76,7 +82,9 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
     for (name, value), want in moved.items():
         label = "outcome" if "events" in name else "result"
         assert metric(after, name, **{label: value}) - metric(before, name, **{label: value}) == want, (name, value)
-    assert metric(after, "invoice_sm_wechat_latency_seconds_count") - metric(before, "invoice_sm_wechat_latency_seconds_count") == 2
+    assert (
+        metric(after, "invoice_sm_wechat_latency_seconds_count") - metric(before, "invoice_sm_wechat_latency_seconds_count") == 2
+    )
     assert metric(after, "invoice_sm_batches_total") > metric(before, "invoice_sm_batches_total")
     assert metric(after, "invoice_sm_token_refreshes_total", appid=APPID, mode="stable") >= 1
     assert metric(after, "invoice_sm_assigned_partitions", role="processor") == settings.topic_partitions

@@ -92,9 +92,14 @@ async def test_state_survives_a_restart_through_the_changelog(make_settings: Cal
     async with running(settings):
         await wait_for_count(settings, settings.topic_outcomes, 1)
     # A fresh, empty state dir: everything must come back from invoice.state.
-    fresh = make_settings(state_dir=tmp_path / "elsewhere", topic_events=settings.topic_events,
-                          topic_outcomes=settings.topic_outcomes, topic_state=settings.topic_state,
-                          topic_dlq=settings.topic_dlq, processor_group_id=settings.processor_group_id)
+    fresh = make_settings(
+        state_dir=tmp_path / "elsewhere",
+        topic_events=settings.topic_events,
+        topic_outcomes=settings.topic_outcomes,
+        topic_state=settings.topic_state,
+        topic_dlq=settings.topic_dlq,
+        processor_group_id=settings.processor_group_id,
+    )
     await produce_events(fresh, [event(c, code, S.CLOSURE, event_id="b"), event(c, code, S.LOCK, event_id="a")])
     async with running(fresh):
         outcomes = values(await wait_for_count(fresh, fresh.topic_outcomes, 3))

@@ -47,8 +47,15 @@ def wechat() -> Iterator[SimulatorServer]:
         yield server
 
 
-def delivery(outcome: wire.OutcomeData, *, result: str = "delivered", errcode: int = 0, errmsg: str = "ok",
-             key: str | None = None, repair: bool = False) -> wire.DeliveryRecord:
+def delivery(
+    outcome: wire.OutcomeData,
+    *,
+    result: str = "delivered",
+    errcode: int = 0,
+    errmsg: str = "ok",
+    key: str | None = None,
+    repair: bool = False,
+) -> wire.DeliveryRecord:
     now = utc_now()
     assert outcome.to_status is not None
     return wire.DeliveryRecord(
@@ -100,8 +107,9 @@ class FakeDeliverer:
 
     async def apply_repairs(self) -> int:
         """Deliver every repair outcome without a final record, as the deliverer will."""
-        done = {wire.decode_delivery(r.value).idempotency_key
-                for r in await read_topic(self.settings, self.settings.topic_deliveries)}
+        done = {
+            wire.decode_delivery(r.value).idempotency_key for r in await read_topic(self.settings, self.settings.topic_deliveries)
+        }
         records = []
         for r in await read_topic(self.settings, self.settings.topic_outcomes):
             o = wire.decode_outcome(r.value)
@@ -129,8 +137,7 @@ async def processed(settings: Settings, n_events: int, n_invoices: int, seed: in
 
 
 async def check(settings: Settings, server: SimulatorServer | None, *, repair: bool = False) -> ReconcileReport:
-    return await reconcile(settings, wechat_sim_url=server.base_url if server else None, repair=repair, grace_s=0,
-                           progress=False)
+    return await reconcile(settings, wechat_sim_url=server.base_url if server else None, repair=repair, grace_s=0, progress=False)
 
 
 def kinds_of(report: ReconcileReport) -> dict[str, set[str]]:
@@ -141,8 +148,7 @@ def kinds_of(report: ReconcileReport) -> dict[str, set[str]]:
 
 
 async def repair_records(settings: Settings) -> list:
-    return [r for r in await read_topic(settings, settings.topic_outcomes)
-            if json.loads(r.value)["type"] == OutcomeType.REPAIR]
+    return [r for r in await read_topic(settings, settings.topic_outcomes) if json.loads(r.value)["type"] == OutcomeType.REPAIR]
 
 
 def movable_away(status: S) -> S:
@@ -156,8 +162,9 @@ def pick(states: dict[str, InvoiceState], n: int, want: set[S], min_version: int
     return keys[:n]
 
 
-async def test_a_consistent_system_is_clean_and_the_cli_exits_0(settings: Settings, wechat: SimulatorServer,
-                                                                 tmp_path: Path) -> None:
+async def test_a_consistent_system_is_clean_and_the_cli_exits_0(
+    settings: Settings, wechat: SimulatorServer, tmp_path: Path
+) -> None:
     await processed(settings, 400, 40, seed=21)
     await FakeDeliverer(settings, wechat.sim).deliver_accepted()
     report = await check(settings, wechat)
@@ -165,27 +172,36 @@ async def test_a_consistent_system_is_clean_and_the_cli_exits_0(settings: Settin
     assert report.invoices == 40 and report.in_flight == 0
 
     out = tmp_path / "report.json"
-    done = await run_cli(settings, "reconcile", "--wechat-sim-url", wechat.base_url, "--grace-s", "0",
-                         "--json", str(out), "--no-progress")
+    done = await run_cli(
+        settings, "reconcile", "--wechat-sim-url", wechat.base_url, "--grace-s", "0", "--json", str(out), "--no-progress"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "clean" in done.stdout
     data = json.loads(out.read_text())
     assert data["clean"] is True and data["differences_total"] == 0 and set(data["counts"].values()) == {0}
 
 
-async def test_each_crafted_divergence_is_found_with_its_kind(settings: Settings, wechat: SimulatorServer,
-                                                              tmp_path: Path) -> None:
+async def test_each_crafted_divergence_is_found_with_its_kind(
+    settings: Settings, wechat: SimulatorServer, tmp_path: Path
+) -> None:
     states = await processed(settings, 600, 80, seed=22)
     edited, lost, failed = pick(states, 3, {S.INIT, S.LOCK, S.CLOSURE, S.CANCEL}, min_version=2)
     moved, stuck = [k for k in pick(states, 5, {S.INIT, S.LOCK}) if k not in (edited, lost, failed)][:2]
-    deliverer = FakeDeliverer(settings, wechat.sim, skip={(lost, states[lost].version)},
-                              conflict={(failed, states[failed].version)})
+    deliverer = FakeDeliverer(
+        settings, wechat.sim, skip={(lost, states[lost].version)}, conflict={(failed, states[failed].version)}
+    )
     await deliverer.deliver_accepted()
 
     # A state record edited behind the processor's back.
     good = states[edited]
-    bad = InvoiceState(good.card_id, good.code, S.LOCK if good.status is not S.LOCK else S.INIT, good.version + 3,
-                       good.appid, recent_event_ids=good.recent_event_ids)
+    bad = InvoiceState(
+        good.card_id,
+        good.code,
+        S.LOCK if good.status is not S.LOCK else S.INIT,
+        good.version + 3,
+        good.appid,
+        recent_event_ids=good.recent_event_ids,
+    )
     await produce(settings, [(edited.encode(), wire.encode_state(bad), [])], topic=settings.topic_state)
     # Cards changed in WeChat: one a repair can move back, one it cannot (terminal).
     card_id, code = moved.split("/")
@@ -213,8 +229,9 @@ async def test_each_crafted_divergence_is_found_with_its_kind(settings: Settings
 
     # The CLI: exit 3, the report on stdout, the same in JSON.
     out = tmp_path / "report.json"
-    done = await run_cli(settings, "reconcile", "--wechat-sim-url", wechat.base_url, "--grace-s", "0",
-                         "--json", str(out), "--no-progress")
+    done = await run_cli(
+        settings, "reconcile", "--wechat-sim-url", wechat.base_url, "--grace-s", "0", "--json", str(out), "--no-progress"
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     for kind in kinds:
         assert kind in done.stdout
@@ -225,11 +242,10 @@ async def test_each_crafted_divergence_is_found_with_its_kind(settings: Settings
     assert len(data["repair"]["to_enqueue"]) == 3 and data["repair"]["enqueued"] == 0
 
 
-async def test_repairs_are_written_once_and_after_delivery_nothing_is_left(settings: Settings,
-                                                                            wechat: SimulatorServer) -> None:
+async def test_repairs_are_written_once_and_after_delivery_nothing_is_left(settings: Settings, wechat: SimulatorServer) -> None:
     states = await processed(settings, 400, 60, seed=23)
-    lost, = pick(states, 1, {S.INIT, S.LOCK, S.CLOSURE, S.CANCEL}, min_version=2)
-    moved, = [k for k in pick(states, 2, {S.INIT, S.LOCK}) if k != lost][:1]
+    (lost,) = pick(states, 1, {S.INIT, S.LOCK, S.CLOSURE, S.CANCEL}, min_version=2)
+    (moved,) = [k for k in pick(states, 2, {S.INIT, S.LOCK}) if k != lost][:1]
     deliverer = FakeDeliverer(settings, wechat.sim, skip={(lost, states[lost].version)})
     await deliverer.deliver_accepted()
     card_id, code = moved.split("/")
@@ -275,8 +291,12 @@ async def test_end_to_end_the_deliverer_applies_the_repair_and_nothing_is_left(
     make_settings: Callable[..., Settings], wechat: SimulatorServer
 ) -> None:
     settings = make_settings(
-        wechat_base_url=wechat.base_url, wechat_appid=APPID, wechat_secret=DEFAULT_ACCOUNTS[APPID],
-        wechat_timeout_s=2.0, delivery_max_backoff_s=0.5, delivery_commit_interval_ms=50,
+        wechat_base_url=wechat.base_url,
+        wechat_appid=APPID,
+        wechat_secret=DEFAULT_ACCOUNTS[APPID],
+        wechat_timeout_s=2.0,
+        delivery_max_backoff_s=0.5,
+        delivery_commit_interval_ms=50,
     )
     events = list(random_stream(500, 60, seed=24))
     await produce_events(settings, events)

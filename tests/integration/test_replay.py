@@ -88,8 +88,9 @@ async def test_default_store_is_a_temporary_directory_removed_on_close(settings:
 async def test_replay_from_offsets_starts_each_named_partition_there(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(topic_partitions=1)
     c, code = card(1)
-    await produce(settings, [(*encode(event(c, code, s, event_id=f"e{i}")), []) for i, s in
-                             enumerate([S.LOCK, S.INIT, S.LOCK, S.CLOSURE])])
+    await produce(
+        settings, [(*encode(event(c, code, s, event_id=f"e{i}")), []) for i, s in enumerate([S.LOCK, S.INIT, S.LOCK, S.CLOSURE])]
+    )
     with await replay(settings, in_memory=True, progress=False) as whole:
         assert whole.states[f"{c}/{code}"].version == 4
     with await replay(settings, in_memory=True, progress=False, from_offsets={0: 2}) as tail:
@@ -109,8 +110,10 @@ async def test_scan_reads_what_replay_reads(settings: Settings) -> None:
 
 async def test_replay_writes_no_topic_unless_asked_and_then_only_that_one(settings: Settings, tmp_path: Path) -> None:
     await produce(settings, ((*encode(ev), []) for ev in random_stream(500, 40, seed=4)))
-    before = {t: len(await read_topic(settings, t)) for t in
-              (settings.topic_events, settings.topic_outcomes, settings.topic_state, settings.topic_dlq)}
+    before = {
+        t: len(await read_topic(settings, t))
+        for t in (settings.topic_events, settings.topic_outcomes, settings.topic_state, settings.topic_dlq)
+    }
     target = settings.topic_state + ".rebuilt"
     summary_path = tmp_path / "replay.json"
     done = await run_cli(settings, "replay", "--write-state-topic", target, "--json", str(summary_path))

@@ -48,11 +48,16 @@ def secured_settings(broker: LocalKafka, tmp_path: Path, password: str = PASSWOR
         kafka_sasl_username=USER,
         kafka_sasl_password=password,
         kafka_ssl_cafile=broker.ca_path,
-        topic_events=f"s{suffix}.events", topic_outcomes=f"s{suffix}.outcomes", topic_state=f"s{suffix}.state",
-        topic_deliveries=f"s{suffix}.deliveries", topic_dlq=f"s{suffix}.dlq",
-        processor_group_id=f"s{suffix}.processor", topic_partitions=3,
+        topic_events=f"s{suffix}.events",
+        topic_outcomes=f"s{suffix}.outcomes",
+        topic_state=f"s{suffix}.state",
+        topic_deliveries=f"s{suffix}.deliveries",
+        topic_dlq=f"s{suffix}.dlq",
+        processor_group_id=f"s{suffix}.processor",
+        topic_partitions=3,
         deliverer_group_id=f"s{suffix}.deliverer",
-        state_dir=tmp_path / "state", log_format="json",
+        state_dir=tmp_path / "state",
+        log_format="json",
         **overrides,
     )
 
@@ -104,8 +109,12 @@ async def test_deliver_and_reconcile_work_over_sasl_ssl(secured_broker: LocalKaf
 
     with SimulatorServer(WeChatSimulator()) as server:
         settings = secured_settings(
-            secured_broker, tmp_path, wechat_base_url=server.base_url, wechat_appid=APPID,
-            wechat_secret=DEFAULT_ACCOUNTS[APPID], delivery_commit_interval_ms=50,
+            secured_broker,
+            tmp_path,
+            wechat_base_url=server.base_url,
+            wechat_appid=APPID,
+            wechat_secret=DEFAULT_ACCOUNTS[APPID],
+            delivery_commit_interval_ms=50,
         )
         events = list(random_stream(300, 60, seed=23))
         await produce_events(settings, events)
@@ -129,8 +138,9 @@ async def test_deliver_and_reconcile_work_over_sasl_ssl(secured_broker: LocalKaf
         calls = [c for c in server.sim.calls() if "updatestatus" in c.path]
         assert len({c.idempotency_key for c in calls}) == len(accepted)
         report = tmp_path / "reconcile.json"
-        done = await run_cli(settings, "reconcile", "--wechat-sim-url", server.base_url, "--grace-s", "0",
-                             "--json", str(report), "--no-progress")
+        done = await run_cli(
+            settings, "reconcile", "--wechat-sim-url", server.base_url, "--grace-s", "0", "--json", str(report), "--no-progress"
+        )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert json.loads(report.read_text())["clean"] is True
     assert PASSWORD not in log + done.stdout + done.stderr

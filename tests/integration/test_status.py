@@ -45,8 +45,11 @@ def story(n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             event(card_id, code, "INVOICE_REIMBURSE_INIT"),
             first,
         ]
-        want = {"status": "INVOICE_REIMBURSE_CLOSURE", "version": 2,
-                "decisions": ["accepted", "unchanged", "accepted", "rejected", "duplicate"]}
+        want = {
+            "status": "INVOICE_REIMBURSE_CLOSURE",
+            "version": 2,
+            "decisions": ["accepted", "unchanged", "accepted", "rejected", "duplicate"],
+        }
     else:
         events = [event(card_id, code, "INVOICE_REIMBURSE_LOCK"), event(card_id, code, "INVOICE_REIMBURSE_INIT")]
         want = {"status": "INVOICE_REIMBURSE_INIT", "version": 2, "decisions": ["accepted", "accepted"]}
@@ -94,14 +97,23 @@ async def test_any_instance_answers_for_an_invoice_another_instance_owns(
     make_settings: Callable[..., Settings], wechat: SimulatorServer, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        topic_partitions=6, kafka_session_timeout_ms=6000, wechat_base_url=wechat.base_url, wechat_appid=APPID,
-        wechat_secret=DEFAULT_ACCOUNTS[APPID], delivery_commit_interval_ms=50,
+        topic_partitions=6,
+        kafka_session_timeout_ms=6000,
+        wechat_base_url=wechat.base_url,
+        wechat_appid=APPID,
+        wechat_secret=DEFAULT_ACCOUNTS[APPID],
+        delivery_commit_interval_ms=50,
     )
     ports = {"a": free_port(), "b": free_port()}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     services = {
-        name: Service("process", settings, tmp_path / f"{name}.log",
-                      INVOICE_SM_METRICS_PORT=str(port), INVOICE_SM_STATE_DIR=str(tmp_path / f"state-{name}"))
+        name: Service(
+            "process",
+            settings,
+            tmp_path / f"{name}.log",
+            INVOICE_SM_METRICS_PORT=str(port),
+            INVOICE_SM_STATE_DIR=str(tmp_path / f"state-{name}"),
+        )
         for name, port in ports.items()
     }
     services["deliver"] = Service("deliver", settings, tmp_path / "deliver.log")
@@ -125,7 +137,8 @@ async def test_any_instance_answers_for_an_invoice_another_instance_owns(
             assert owned_by_a, "no invoice landed on instance A"
             # One whose every candidate partition (murmur2, CRC32) is A's: B holds nothing of it.
             only_a = [
-                w for w in owned_by_a
+                w
+                for w in owned_by_a
                 if {partition_owner[p] for p in owners.candidate_partitions(w["key"], settings.topic_partitions)} == {url["a"]}
             ]
             assert only_a, "no invoice of A's has both candidate partitions on A"

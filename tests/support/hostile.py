@@ -51,9 +51,15 @@ def dump(obj: Any, *, ascii_only: bool = True) -> str:
     if isinstance(obj, str):
         return json.dumps(obj, ensure_ascii=ascii_only)
     if isinstance(obj, Pairs):
-        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=ascii_only)}: {dump(v, ascii_only=ascii_only)}" for k, v in obj) + "}"
+        return (
+            "{" + ", ".join(f"{json.dumps(k, ensure_ascii=ascii_only)}: {dump(v, ascii_only=ascii_only)}" for k, v in obj) + "}"
+        )
     if isinstance(obj, dict):
-        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=ascii_only)}: {dump(v, ascii_only=ascii_only)}" for k, v in obj.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(k, ensure_ascii=ascii_only)}: {dump(v, ascii_only=ascii_only)}" for k, v in obj.items())
+            + "}"
+        )
     if isinstance(obj, (list, tuple)):
         return "[" + ", ".join(dump(v, ascii_only=ascii_only) for v in obj) + "]"
     return json.dumps(obj)
@@ -74,8 +80,17 @@ def consumer_record(key: bytes | None, value: bytes | None, headers: Headers | N
     """A ``ConsumerRecord`` as aiokafka's fetcher builds it."""
     hdrs = tuple(headers or ())
     return ConsumerRecord(
-        TOPIC, 0, next(_offsets), 1764000000000, 0, key, value, None,
-        len(key) if key is not None else -1, len(value) if value is not None else -1, hdrs,
+        TOPIC,
+        0,
+        next(_offsets),
+        1764000000000,
+        0,
+        key,
+        value,
+        None,
+        len(key) if key is not None else -1,
+        len(value) if value is not None else -1,
+        hdrs,
     )
 
 
@@ -84,8 +99,18 @@ def unreadable_record(problem: str, key: bytes | None = None, value: bytes | Non
     from adapters.kafka_records import UnreadableRecord
 
     return UnreadableRecord(
-        TOPIC, 0, next(_offsets), 1764000000000, 0, key, value, None,
-        len(key) if key is not None else -1, len(value) if value is not None else -1, (), problem=problem,
+        TOPIC,
+        0,
+        next(_offsets),
+        1764000000000,
+        0,
+        key,
+        value,
+        None,
+        len(key) if key is not None else -1,
+        len(value) if value is not None else -1,
+        (),
+        problem=problem,
     )
 
 
@@ -130,15 +155,17 @@ def key_of(ev: dict[str, Any]) -> bytes:
 
 
 def structured_headers(rng: random.Random) -> Headers:
-    return rng.choice([
-        [],
-        [("content-type", b"application/cloudevents+json")],
-        [("Content-Type", b"application/cloudevents+json; charset=UTF-8")],
-        [("content-type", b"application/json")],
-        # A structured event carrying ce_specversion too: content-type decides.
-        [("content-type", b"application/cloudevents+json"), ("ce_specversion", b"1.0"), ("ce_id", None)],
-        [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("x-null", None)],
-    ])
+    return rng.choice(
+        [
+            [],
+            [("content-type", b"application/cloudevents+json")],
+            [("Content-Type", b"application/cloudevents+json; charset=UTF-8")],
+            [("content-type", b"application/json")],
+            # A structured event carrying ce_specversion too: content-type decides.
+            [("content-type", b"application/cloudevents+json"), ("ce_specversion", b"1.0"), ("ce_id", None)],
+            [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("x-null", None)],
+        ]
+    )
 
 
 def binary_form(ev: dict[str, Any]) -> tuple[bytes, Headers]:
@@ -156,7 +183,10 @@ def valid_case(rng: random.Random, i: int) -> Case:
     if rng.random() < 0.3:
         value, headers = binary_form(ev)
         return Case(f"valid binary #{i}", consumer_record(key_of(ev), value, headers))
-    return Case(f"valid structured #{i}", consumer_record(key_of(ev), dump(ev, ascii_only=rng.random() < 0.5).encode(), structured_headers(rng)))
+    return Case(
+        f"valid structured #{i}",
+        consumer_record(key_of(ev), dump(ev, ascii_only=rng.random() < 0.5).encode(), structured_headers(rng)),
+    )
 
 
 # ---------------------------------------------------------------- hostile values
@@ -178,28 +208,98 @@ def deep(rng: random.Random, depth: int = DEEP) -> Raw:
 
 #: Values that are wrong for every string attribute (wrong JSON type or not JSON).
 WRONG_TYPES: list[Any] = [
-    None, True, False, 0, -1, 1.5, Raw("1e999"), Raw("-1e999"), Raw("9" * 400), Raw("-" + "9" * 400),
-    Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("nan"), Raw("0x10"), Raw("01"), Raw("1."),
-    [], {}, [1, 2], {"a": 1}, ["1.0"], Raw("undefined"),
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    Raw("1e999"),
+    Raw("-1e999"),
+    Raw("9" * 400),
+    Raw("-" + "9" * 400),
+    Raw("NaN"),
+    Raw("Infinity"),
+    Raw("-Infinity"),
+    Raw("nan"),
+    Raw("0x10"),
+    Raw("01"),
+    Raw("1."),
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    ["1.0"],
+    Raw("undefined"),
 ]
 #: Strings no token (card_id, code, appid) may be.
 BAD_TOKENS: list[str] = [
-    "", "a/b", "a b", "a\n", "a\r\n", "\na", "a\x00", "a\x7f", "a\x85", "ａｂｃ", "١٢٣", "é", "a.b", "a" * 65,
-    "a\u200b", "a\u2028", "a\t", "😀", "a:b", "a\\b", '"', "-\n", "A" * 64 + "\n",
+    "",
+    "a/b",
+    "a b",
+    "a\n",
+    "a\r\n",
+    "\na",
+    "a\x00",
+    "a\x7f",
+    "a\x85",
+    "ａｂｃ",
+    "١٢٣",
+    "é",
+    "a.b",
+    "a" * 65,
+    "a\u200b",
+    "a\u2028",
+    "a\t",
+    "😀",
+    "a:b",
+    "a\\b",
+    '"',
+    "-\n",
+    "A" * 64 + "\n",
 ]
 #: Strings no event id may be (control characters, empty, too long).
 BAD_IDS: list[str] = ["", "\n", "e-1\n", "e\x00", "e\x1f", "e\x7f", "e\x85", "e\x9f", "\x80", "x" * 257, "e\r", "\t"]
 #: Strings no RFC 3339 time may be.
 BAD_TIMES: list[str] = [
-    "", "yesterday", "2026-11-23T10:00:00Z\n", "２０２６-11-23T10:00:00Z", "٢٠٢٦-11-23T10:00:00Z", "2026-11-23 10:00:00Z",
-    "2026-11-23T10:00:00", "2026-11-23T10:00:00.Z", "2026-11-23T10:00:00.1234567890Z", "2026-11-23T10:00:00+0800",
-    "\n2026-11-23T10:00:00Z", "2026-11-23T10:00:00z", "2026-1-23T10:00:00Z", "2026-11-23T10:00:00Z ",
+    "",
+    "yesterday",
+    "2026-11-23T10:00:00Z\n",
+    "２０２６-11-23T10:00:00Z",
+    "٢٠٢٦-11-23T10:00:00Z",
+    "2026-11-23 10:00:00Z",
+    "2026-11-23T10:00:00",
+    "2026-11-23T10:00:00.Z",
+    "2026-11-23T10:00:00.1234567890Z",
+    "2026-11-23T10:00:00+0800",
+    "\n2026-11-23T10:00:00Z",
+    "2026-11-23T10:00:00z",
+    "2026-1-23T10:00:00Z",
+    "2026-11-23T10:00:00Z ",
 ]
 #: Strings that are hostile but may be legal somewhere (ids, sources, extensions).
 ODD_STRINGS: list[Any] = [
-    Raw('"\\ud800"'), Raw('"\\udfff"'), Raw('"\\udc80x"'), Raw('"\\ud83d\\ude00"'), Raw('"\\ud83d"'), Raw('"\\u0000"'),
-    Raw('"\\u"'), Raw('"\\x41"'), Raw('"\\uZZZZ"'), "\x85", "\u2028\u2029", "\ufeff", "\U0010ffff", "a" * 70000, "b" * 5000,
-    "line\nbreak", "tab\there", " ", "\\", '"', "😀" * 300,
+    Raw('"\\ud800"'),
+    Raw('"\\udfff"'),
+    Raw('"\\udc80x"'),
+    Raw('"\\ud83d\\ude00"'),
+    Raw('"\\ud83d"'),
+    Raw('"\\u0000"'),
+    Raw('"\\u"'),
+    Raw('"\\x41"'),
+    Raw('"\\uZZZZ"'),
+    "\x85",
+    "\u2028\u2029",
+    "\ufeff",
+    "\U0010ffff",
+    "a" * 70000,
+    "b" * 5000,
+    "line\nbreak",
+    "tab\there",
+    " ",
+    "\\",
+    '"',
+    "😀" * 300,
 ]
 
 
@@ -252,8 +352,22 @@ def _refused_at(path: str, value: Any) -> bool:
     return False
 
 
-_FIELDS = ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "data_base64",
-           "partitionkey", "data.card_id", "data.code", "data.appid", "data.reimburse_status"]
+_FIELDS = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "subject",
+    "datacontenttype",
+    "data",
+    "data_base64",
+    "partitionkey",
+    "data.card_id",
+    "data.code",
+    "data.appid",
+    "data.reimburse_status",
+]
 
 
 def field_case(rng: random.Random, i: int) -> Case:
@@ -270,7 +384,11 @@ def field_case(rng: random.Random, i: int) -> Case:
         return Case(f"field {path} removed #{i}", consumer_record(key, dump(ev).encode(), structured_headers(rng)), refused)
     target[name] = value
     refused = _refused_at(path, value)
-    return Case(f"field {path} = {dump(value)[:60]!r} #{i}", consumer_record(key, dump(ev, ascii_only=rng.random() < 0.5).encode(), structured_headers(rng)), refused)
+    return Case(
+        f"field {path} = {dump(value)[:60]!r} #{i}",
+        consumer_record(key, dump(ev, ascii_only=rng.random() < 0.5).encode(), structured_headers(rng)),
+        refused,
+    )
 
 
 def binary_field_case(rng: random.Random, i: int) -> Case:
@@ -284,16 +402,27 @@ def binary_field_case(rng: random.Random, i: int) -> Case:
     if choice == 0:
         headers[idx] = (header_name, None)
         refused = header_name.startswith("ce_")
-        return Case(f"binary {header_name} = None #{i}", consumer_record(key, value, headers), refused, "bad_header" if refused else None)
+        return Case(
+            f"binary {header_name} = None #{i}", consumer_record(key, value, headers), refused, "bad_header" if refused else None
+        )
     if choice == 1:
         headers[idx] = (header_name, rng.choice([b"\xff", b"\xed\xa0\x80", b"e-\xc3", b"\xc0\xaf"]))
         refused = header_name.startswith("ce_")
-        return Case(f"binary {header_name} not UTF-8 #{i}", consumer_record(key, value, headers), refused, "bad_header" if refused else None)
+        return Case(
+            f"binary {header_name} not UTF-8 #{i}",
+            consumer_record(key, value, headers),
+            refused,
+            "bad_header" if refused else None,
+        )
     if choice == 2:
         bad = rng.choice(BAD_TOKENS + BAD_IDS + BAD_TIMES)
         headers[idx] = (header_name, bad.encode("utf-8"))
         attr = header_name[3:]
-        refused = (attr == "id" and bad in BAD_IDS) or (attr == "time" and bad in BAD_TIMES) or attr in ("type", "subject", "partitionkey")
+        refused = (
+            (attr == "id" and bad in BAD_IDS)
+            or (attr == "time" and bad in BAD_TIMES)
+            or attr in ("type", "subject", "partitionkey")
+        )
         if attr == "specversion":
             refused = True
         return Case(f"binary {header_name} = {bad[:40]!r} #{i}", consumer_record(key, value, headers), refused)
@@ -302,7 +431,9 @@ def binary_field_case(rng: random.Random, i: int) -> Case:
         field = rng.choice(["card_id", "code", "appid"])
         data[field] = hostile_value(rng)
         refused = not _token_ok(data[field]) and not (field == "appid" and data[field] is None)
-        return Case(f"binary data.{field} = {dump(data[field])[:60]!r} #{i}", consumer_record(key, dump(data).encode(), headers), refused)
+        return Case(
+            f"binary data.{field} = {dump(data[field])[:60]!r} #{i}", consumer_record(key, dump(data).encode(), headers), refused
+        )
     hostile = rng.choice([deep(rng), Raw("[1, 2]"), Raw("null"), Raw('"x"'), Raw("1e999"), Raw("NaN")])
     return Case(f"binary data = {str(hostile)[:40]!r} #{i}", consumer_record(key, str(hostile).encode(), headers), True)
 
@@ -336,8 +467,15 @@ def mutation_case(rng: random.Random, i: int) -> Case:
                 value.extend(b"{")
         elif op == 4:
             # Duplicate an attribute with another value: the last one wins.
-            tail = rng.choice([b', "id": "dup"', b', "data": {"card_id": "x", "code": "y"}', b', "type": "invoice.red_flushed"',
-                               b', "specversion": "0.3"', b', "id": "dup\\n"'])
+            tail = rng.choice(
+                [
+                    b', "id": "dup"',
+                    b', "data": {"card_id": "x", "code": "y"}',
+                    b', "type": "invoice.red_flushed"',
+                    b', "specversion": "0.3"',
+                    b', "id": "dup\\n"',
+                ]
+            )
             end = value.rfind(b"}")
             value[end:end] = tail
             ops.append(f"dup {tail!r}")
@@ -349,7 +487,16 @@ def mutation_case(rng: random.Random, i: int) -> Case:
 
 def _surrogate_name(rng: random.Random) -> str:
     """A header name that is not UTF-8 on the wire, as aiokafka delivers it."""
-    raw = rng.choice([b"\xff\xfe", b"ce_id\xff", b"\xed\xa0\x80", b"content-type\xc0", b"\xc3", bytes(rng.randrange(128, 256) for _ in range(3))])
+    raw = rng.choice(
+        [
+            b"\xff\xfe",
+            b"ce_id\xff",
+            b"\xed\xa0\x80",
+            b"content-type\xc0",
+            b"\xc3",
+            bytes(rng.randrange(128, 256) for _ in range(3)),
+        ]
+    )
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -357,11 +504,41 @@ def _surrogate_name(rng: random.Random) -> str:
     return (raw + b"\xff").decode("utf-8", "surrogateescape")  # the random bytes happened to be UTF-8
 
 
-_HEADER_NAMES = ["content-type", "Content-Type", "ce_specversion", "CE_SPECVERSION", "ce_id", "ce_type", "ce_source", "ce_time",
-                 "ce_subject", "ce_partitionkey", "ce_datacontenttype", "x", "", "é", "😀", "a" * 5000, "ce_", "\x00", "ce_id\n"]
+_HEADER_NAMES = [
+    "content-type",
+    "Content-Type",
+    "ce_specversion",
+    "CE_SPECVERSION",
+    "ce_id",
+    "ce_type",
+    "ce_source",
+    "ce_time",
+    "ce_subject",
+    "ce_partitionkey",
+    "ce_datacontenttype",
+    "x",
+    "",
+    "é",
+    "😀",
+    "a" * 5000,
+    "ce_",
+    "\x00",
+    "ce_id\n",
+]
 _HEADER_VALUES: list[bytes | None] = [
-    None, b"", b"1.0", b"application/cloudevents+json", b"application/cloudevents-batch+json", b"application/xml",
-    b"text/plain", b"application/json", b"\xff", b"\x00", b"x" * 100000, b"application/cloudevents+json\n", b"APPLICATION/CLOUDEVENTS+JSON",
+    None,
+    b"",
+    b"1.0",
+    b"application/cloudevents+json",
+    b"application/cloudevents-batch+json",
+    b"application/xml",
+    b"text/plain",
+    b"application/json",
+    b"\xff",
+    b"\x00",
+    b"x" * 100000,
+    b"application/cloudevents+json\n",
+    b"APPLICATION/CLOUDEVENTS+JSON",
 ]
 
 
@@ -396,10 +573,27 @@ def key_case(rng: random.Random, i: int) -> Case:
     """A valid event under a wrong key."""
     ev = random_valid_event(rng)
     good = key_of(ev)
-    bad = rng.choice([None, b"", good + b"\n", good.upper(), good[:-1], b"\xff" + good, good.replace(b"/", b"\\"),
-                      good + b"\x00", b"x" * 100000, bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))])
+    bad = rng.choice(
+        [
+            None,
+            b"",
+            good + b"\n",
+            good.upper(),
+            good[:-1],
+            b"\xff" + good,
+            good.replace(b"/", b"\\"),
+            good + b"\x00",
+            b"x" * 100000,
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))),
+        ]
+    )
     refused = bad != good
-    return Case(f"key {bad[:40] if bad else bad!r} #{i}", consumer_record(bad, dump(ev).encode(), structured_headers(rng)), refused, "key_mismatch" if refused else None)
+    return Case(
+        f"key {bad[:40] if bad else bad!r} #{i}",
+        consumer_record(bad, dump(ev).encode(), structured_headers(rng)),
+        refused,
+        "key_mismatch" if refused else None,
+    )
 
 
 def binary_blob_case(rng: random.Random, i: int) -> Case:
@@ -457,8 +651,12 @@ def unreadable_case(rng: random.Random, i: int) -> Case:
 def null_case(rng: random.Random, i: int) -> Case:
     ev = random_valid_event(rng)
     value = rng.choice([None, b"", b"null", b"{}", b"[]", b"0", b" ", b"\n", b"\x00"])
-    return Case(f"null-ish value {value!r} #{i}", consumer_record(key_of(ev), value, structured_headers(rng)), True,
-                "empty_value" if not value else None)
+    return Case(
+        f"null-ish value {value!r} #{i}",
+        consumer_record(key_of(ev), value, structured_headers(rng)),
+        True,
+        "empty_value" if not value else None,
+    )
 
 
 #: (generator, weight) of the seeded mix: the weights put volume where the

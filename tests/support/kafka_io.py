@@ -14,7 +14,11 @@ from adapters.settings import Settings
 from tests.factories import encode
 
 
-async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]], topic: str | None = None) -> int:
+async def produce(
+    settings: Settings,
+    records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]]]],
+    topic: str | None = None,
+) -> int:
     await topics.ensure_topics(settings)
     producer = kafka.new_producer(settings, linger_ms=10)
     count = 0
@@ -32,7 +36,9 @@ async def produce_events(settings: Settings, events: Iterable[dict[str, Any]]) -
     return await produce(settings, ((*encode(ev), []) for ev in events))
 
 
-async def read_topic(settings: Settings, topic: str, *, read_committed: bool = True, timeout: float = 30.0) -> list[ConsumerRecord]:
+async def read_topic(
+    settings: Settings, topic: str, *, read_committed: bool = True, timeout: float = 30.0
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` up to its current end, in partition order."""
     out: list[ConsumerRecord] = []
     async for records in kafka.read_to_end(settings, topic, read_committed=read_committed, timeout=timeout):
@@ -46,7 +52,9 @@ def values(records: Iterable[ConsumerRecord]) -> list[dict[str, Any]]:
     return [v["data"] if isinstance(v, dict) and v.get("type") == wire.DELIVERY_EVENT_TYPE else v for v in out]
 
 
-async def wait_for_count(settings: Settings, topic: str, count: int, *, timeout: float = 60.0, key: Any = None) -> list[ConsumerRecord]:
+async def wait_for_count(
+    settings: Settings, topic: str, count: int, *, timeout: float = 60.0, key: Any = None
+) -> list[ConsumerRecord]:
     """Poll ``topic`` (read_committed) until it holds at least ``count`` records."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

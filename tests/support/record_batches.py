@@ -17,7 +17,7 @@ from aiokafka.record.util import calc_crc32c
 _CRC_AT, _ATTRIBUTES_AT, _RECORDS_AT = 17, 21, 61
 BAD_KEY_MARKER = "~~bad-key~~"
 #: Same length as the marker, and no UTF-8 decoder accepts 0xff or 0xfe.
-BAD_KEY_BYTES = (b"\xff\xfe" + BAD_KEY_MARKER.encode()[2:-2] + b"\xff\xfe")
+BAD_KEY_BYTES = b"\xff\xfe" + BAD_KEY_MARKER.encode()[2:-2] + b"\xff\xfe"
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 _ENCODE: dict[int, Callable[[bytes], bytes]] = {
     1: codec.gzip_encode,
@@ -35,7 +35,9 @@ def fix_crc(batch: bytearray) -> bytearray:
     return batch
 
 
-def build_batch(records: Sequence[Record], *, base_offset: int = 0, compression: str = "none", timestamp: int = 1_700_000_000_000) -> bytearray:
+def build_batch(
+    records: Sequence[Record], *, base_offset: int = 0, compression: str = "none", timestamp: int = 1_700_000_000_000
+) -> bytearray:
     """A v2 batch of ``records``; header names equal to ``BAD_KEY_MARKER``
     become bytes that are not UTF-8, then the records are compressed."""
     builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, -1, 1 << 30)

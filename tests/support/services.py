@@ -33,8 +33,14 @@ async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Processor]
 async def run_cli(settings: Settings, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """``invoice-sm ARGS`` in a child process without blocking the test's loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", *args, cwd=REPO, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "consumers",
+        *args,
+        cwd=REPO,
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None

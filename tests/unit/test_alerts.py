@@ -74,7 +74,9 @@ def test_every_alert_has_a_severity_summary_and_description() -> None:
 def test_the_rules_and_the_dashboard_use_only_metrics_the_code_defines() -> None:
     defined = {f.name for f in text_string_to_metric_families(Metrics().render().decode())}
     used = metrics_used()
-    assert {"invoice_sm_partition_stalled", "invoice_sm_divergences_total", "invoice_sm_token_refresh_failures_total"} <= set(used)
+    assert {"invoice_sm_partition_stalled", "invoice_sm_divergences_total", "invoice_sm_token_refresh_failures_total"} <= set(
+        used
+    )
     unknown = {name: sorted(where) for name, where in used.items() if family(name) not in defined}
     assert unknown == {}
 

@@ -11,8 +11,21 @@ from pathlib import Path
 import pytest
 
 DOMAIN = Path(__file__).resolve().parents[2] / "domain"
-FORBIDDEN = {"adapters", "consumers", "devtools", "aiokafka", "httpx", "structlog", "aiohttp", "rocksdict",
-             "socket", "asyncio", "subprocess", "requests", "prometheus_client"}
+FORBIDDEN = {
+    "adapters",
+    "consumers",
+    "devtools",
+    "aiokafka",
+    "httpx",
+    "structlog",
+    "aiohttp",
+    "rocksdict",
+    "socket",
+    "asyncio",
+    "subprocess",
+    "requests",
+    "prometheus_client",
+}
 
 
 @pytest.mark.parametrize("path", sorted(DOMAIN.glob("*.py")), ids=lambda p: p.name)
@@ -80,8 +93,13 @@ def test_service_module_imports_nothing_from_devtools(path: Path) -> None:
 
 def test_the_devtools_check_sees_an_import_of_devtools() -> None:
     # The check above must be able to fail: each way of reaching devtools is seen.
-    for source in ("import devtools.simulator", "from devtools.kafka_local import LocalKafka",
-                   "from devtools import demo", "importlib.import_module('devtools.diagram')",
-                   "from simulator.state import DEFAULT_ACCOUNTS", "from adapters.kafka_local import LocalKafka"):
+    for source in (
+        "import devtools.simulator",
+        "from devtools.kafka_local import LocalKafka",
+        "from devtools import demo",
+        "importlib.import_module('devtools.diagram')",
+        "from simulator.state import DEFAULT_ACCOUNTS",
+        "from adapters.kafka_local import LocalKafka",
+    ):
         assert any(_reaches_dev_only(m) for m in _imported_modules(ast.parse(source))), source
     assert not any(_reaches_dev_only(m) for m in _imported_modules(ast.parse("from adapters import kafka, wechat_sim_client")))

@@ -279,12 +279,7 @@ def test_prometheus_scrapes_the_metrics_endpoints(services: dict[str, dict[str, 
     mounted = {str(spec).split(":")[0] for spec in prometheus["volumes"]}
     assert "./deploy/prometheus.yml" in mounted
     config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
-    targets = {
-        target
-        for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
-    }
+    targets = {target for job in config["scrape_configs"] for static in job["static_configs"] for target in static["targets"]}
     assert targets == {f"{name}:{_metrics_port(services[name])}" for name in METRICS_SERVICES}
 
 
@@ -310,17 +305,13 @@ def test_grafana_is_the_official_image_provisioned_from_deploy(services: dict[st
     assert "prometheus" in grafana["depends_on"]
 
     datasources = [
-        ds
-        for f in sorted((provisioning / "datasources").glob("*.yml"))
-        for ds in yaml.safe_load(f.read_text())["datasources"]
+        ds for f in sorted((provisioning / "datasources").glob("*.yml")) for ds in yaml.safe_load(f.read_text())["datasources"]
     ]
     prometheus_port = _ports(services["prometheus"])[0][2]
     assert [(ds["type"], ds["url"]) for ds in datasources] == [("prometheus", f"http://prometheus:{prometheus_port}")]
 
     providers = [
-        p
-        for f in sorted((provisioning / "dashboards").glob("*.yml"))
-        for p in yaml.safe_load(f.read_text())["providers"]
+        p for f in sorted((provisioning / "dashboards").glob("*.yml")) for p in yaml.safe_load(f.read_text())["providers"]
     ]
     assert providers, "no dashboard provider"
     uids = {ds["uid"] for ds in datasources}
@@ -496,8 +487,21 @@ def test_wechat_sim_hands_the_simulator_its_arguments_as_typed(monkeypatch: pyte
         return 0
 
     monkeypatch.setattr(devtools.simulator.server, "main", fake_main)
-    argv = ["--host", "0.0.0.0", "--port", "8088", "--account", "wxa:s1", "--latency-ms", "5", "--account", "wxb:s2",
-            "--no-demo-accounts", "--token-ttl-s", "1.5"]
+    argv = [
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8088",
+        "--account",
+        "wxa:s1",
+        "--latency-ms",
+        "5",
+        "--account",
+        "wxb:s2",
+        "--no-demo-accounts",
+        "--token-ttl-s",
+        "1.5",
+    ]
     assert dev_main(["wechat-sim", *argv]) == 0
     assert received == [argv]
     assert dev_main(["wechat-sim"]) == 0

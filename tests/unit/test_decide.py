@@ -88,7 +88,7 @@ def _reachable_with_legal_moves(target: S) -> bool:
     seen, todo = {S.INIT}, deque([S.INIT])
     while todo:
         s = todo.popleft()
-        for (a, b) in LEGAL_MOVES:
+        for a, b in LEGAL_MOVES:
             if a is s and b not in seen:
                 seen.add(b)
                 todo.append(b)

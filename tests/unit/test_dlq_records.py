@@ -25,8 +25,13 @@ from tests.factories import card, encode, event
 H = wire.DLQ_HEADERS
 
 
-def dlq_record(value: bytes | None, key: bytes | None = b"k/1", extra: list[tuple[str, bytes]] | None = None,
-               partition: int = 1, offset: int = 7) -> SimpleNamespace:
+def dlq_record(
+    value: bytes | None,
+    key: bytes | None = b"k/1",
+    extra: list[tuple[str, bytes]] | None = None,
+    partition: int = 1,
+    offset: int = 7,
+) -> SimpleNamespace:
     headers = [
         *(extra or []),
         (H["reason"], b"invalid_data"),
@@ -37,14 +42,20 @@ def dlq_record(value: bytes | None, key: bytes | None = b"k/1", extra: list[tupl
         (H["source_offset"], b"40"),
         (H["failed_at"], b"2026-11-23T10:00:00.000Z"),
     ]
-    return SimpleNamespace(topic="invoice.events.dlq", partition=partition, offset=offset, timestamp=0, key=key,
-                           value=value, headers=headers)
+    return SimpleNamespace(
+        topic="invoice.events.dlq", partition=partition, offset=offset, timestamp=0, key=key, value=value, headers=headers
+    )
 
 
 def test_the_view_separates_error_headers_from_the_originals_and_matches_the_schema() -> None:
     view = to_dlq_record(dlq_record(b'{"a": 1}', extra=[("trace-id", b"t1")]))
     assert (view.reason, view.error_class, view.source_topic, view.source_partition, view.source_offset) == (
-        "invalid_data", "InvalidEventError", "invoice.events", 2, 40)
+        "invalid_data",
+        "InvalidEventError",
+        "invoice.events",
+        2,
+        40,
+    )
     assert view.headers == {"trace-id": "t1"} and view.value == '{"a": 1}' and view.value_base64 is None
     assert (view.partition, view.offset, view.key) == (1, 7, "k/1")
     msgspec.json.decode(msgspec.json.encode(view), type=wire.DlqRecord)
@@ -77,8 +88,10 @@ def test_the_plan_resends_originals_marked_with_their_dlq_position() -> None:
     entry = _entry(event(*card(1), "INVOICE_REIMBURSE_LOCK"))
     [item] = plan_reinjection([entry], corrected=None, already={}, max_bytes=65536)
     assert item.status == "pending" and item.value == entry.record.value and item.key == entry.record.key
-    assert item.headers == [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()),
-                            (REINJECTED_HEADER, b"invoice.events.dlq/1/7")]
+    assert item.headers == [
+        ("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()),
+        (REINJECTED_HEADER, b"invoice.events.dlq/1/7"),
+    ]
 
 
 def test_the_plan_skips_what_was_already_reinjected_unless_forced() -> None:

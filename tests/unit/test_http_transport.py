@@ -103,9 +103,7 @@ class WaitForPeerClose(aiohttp.TCPConnector):
 
 
 def client_for(base_url: str, *, timeout: httpx.Timeout | float = 5.0, **transport_kw: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout
-    )
+    return httpx.AsyncClient(base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout)
 
 
 async def post(http: httpx.AsyncClient, path: str = "/card/invoice/platform/updatestatus") -> httpx.Response:

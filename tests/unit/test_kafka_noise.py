@@ -24,11 +24,19 @@ def _record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord
     return logging.LogRecord(name, level, __file__, 1, msg, args, None)
 
 
-COORDINATOR = ("aiokafka.consumer.group_coordinator", logging.ERROR, "Group Coordinator Request failed: %s",
-               "[Error 15] GroupCoordinatorNotAvailableError")
-NOT_LEADER = ("aiokafka.producer.sender", logging.WARNING,
-              "Got error produce response on topic-partition %s, retrying. Error: %s", "tp",
-              "<class 'aiokafka.errors.NotLeaderForPartitionError'>")
+COORDINATOR = (
+    "aiokafka.consumer.group_coordinator",
+    logging.ERROR,
+    "Group Coordinator Request failed: %s",
+    "[Error 15] GroupCoordinatorNotAvailableError",
+)
+NOT_LEADER = (
+    "aiokafka.producer.sender",
+    logging.WARNING,
+    "Got error produce response on topic-partition %s, retrying. Error: %s",
+    "tp",
+    "<class 'aiokafka.errors.NotLeaderForPartitionError'>",
+)
 
 
 @pytest.mark.parametrize("line", [COORDINATOR, NOT_LEADER])

@@ -49,9 +49,15 @@ def restored() -> Iterator[None]:
     (kafka_records.install if was else kafka_records.uninstall)()
 
 
-def records(n: int, bad: AbstractSet[int] = frozenset(), start: int = 0) -> list[tuple[bytes, bytes, list[tuple[str, bytes | None]]]]:
+def records(
+    n: int, bad: AbstractSet[int] = frozenset(), start: int = 0
+) -> list[tuple[bytes, bytes, list[tuple[str, bytes | None]]]]:
     return [
-        (f"k{start + i}".encode(), f"v{start + i}".encode(), [(BAD_KEY_MARKER if i in bad else "content-type", b"application/json")])
+        (
+            f"k{start + i}".encode(),
+            f"v{start + i}".encode(),
+            [(BAD_KEY_MARKER if i in bad else "content-type", b"application/json")],
+        )
         for i in range(n)
     ]
 

@@ -204,8 +204,17 @@ def test_stdlib_exception_text_is_redacted() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["secret", "app_secret", "access_token", "Refresh_Token", "password", "Authorization",
-     "component_verify_ticket", "authorizer_refresh_token", "kafka_sasl_password"],
+    [
+        "secret",
+        "app_secret",
+        "access_token",
+        "Refresh_Token",
+        "password",
+        "Authorization",
+        "component_verify_ticket",
+        "authorizer_refresh_token",
+        "kafka_sasl_password",
+    ],
 )
 def test_values_under_secret_named_keys_are_masked(key: str) -> None:
     assert redact(event="x", **{key: "value-1"})[key] == MASK
@@ -234,8 +243,14 @@ def test_secretstr_values_stay_masked_whatever_their_key() -> None:
     ("text", "expected"),
     [
         ("POST /x?access_token=ABC&appid=wx1", "POST /x?access_token=***&appid=wx1"),
-        ("GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=S1", "GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=***"),
-        ("POST /cgi-bin/component/api_authorizer_token?component_access_token=C-T0K", "POST /cgi-bin/component/api_authorizer_token?component_access_token=***"),
+        (
+            "GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=S1",
+            "GET /cgi-bin/token?grant_type=client_credential&appid=wx1&secret=***",
+        ),
+        (
+            "POST /cgi-bin/component/api_authorizer_token?component_access_token=C-T0K",
+            "POST /cgi-bin/component/api_authorizer_token?component_access_token=***",
+        ),
         ('body {"access_token": "TKN", "expires_in": 7200}', 'body {"access_token": "***", "expires_in": 7200}'),
         ("headers {'Authorization': 'Bearer abc.def'}", "headers {'Authorization': 'Bearer ***'}"),
         ("nothing to see card_id=pj code=1", "nothing to see card_id=pj code=1"),

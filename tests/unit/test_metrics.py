@@ -47,10 +47,27 @@ def test_every_metric_is_registered_under_the_invoice_sm_prefix() -> None:
     names = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
 
     expected = {
-        "events", "dlq", "batches", "batch_seconds", "deliveries", "wechat_calls", "wechat_latency_seconds",
-        "consumer_lag", "restore_records", "restore_seconds", "restore_in_progress", "token_refreshes",
-        "parked_appids", "parked_appid", "delivery_queue_depth", "deliveries_in_flight",
-        "delivery_attempts", "assigned_partitions", "ready", "partition_stalled", "token_refresh_failures",
+        "events",
+        "dlq",
+        "batches",
+        "batch_seconds",
+        "deliveries",
+        "wechat_calls",
+        "wechat_latency_seconds",
+        "consumer_lag",
+        "restore_records",
+        "restore_seconds",
+        "restore_in_progress",
+        "token_refreshes",
+        "parked_appids",
+        "parked_appid",
+        "delivery_queue_depth",
+        "deliveries_in_flight",
+        "delivery_attempts",
+        "assigned_partitions",
+        "ready",
+        "partition_stalled",
+        "token_refresh_failures",
         "divergences",
     }
     assert {f"invoice_sm_{n}" for n in expected} <= names
@@ -126,9 +143,7 @@ async def test_healthz_is_ok_while_the_loop_runs(client: httpx.AsyncClient) -> N
     assert response.json() == {"status": "ok"}
 
 
-async def test_readyz_is_503_naming_the_failing_check_until_it_passes(
-    server: HealthServer, client: httpx.AsyncClient
-) -> None:
+async def test_readyz_is_503_naming_the_failing_check_until_it_passes(server: HealthServer, client: httpx.AsyncClient) -> None:
     state = {"restored": False}
     server.add_readiness_check("state_restored", lambda: state["restored"])
     server.add_readiness_check("kafka", lambda: True)
@@ -150,9 +165,7 @@ async def test_readyz_is_503_naming_the_failing_check_until_it_passes(
     assert sample((await client.get("/metrics")).text, "invoice_sm_ready") == 1
 
 
-async def test_a_readiness_check_that_raises_counts_as_failing(
-    server: HealthServer, client: httpx.AsyncClient
-) -> None:
+async def test_a_readiness_check_that_raises_counts_as_failing(server: HealthServer, client: httpx.AsyncClient) -> None:
     def broken() -> bool:
         raise RuntimeError("no partitions yet")
 

@@ -8,6 +8,7 @@ timed out (take it back at once), a producer in aiokafka's fatal state.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -224,6 +225,37 @@ async def test_a_producer_in_the_fatal_state_is_replaced(harness: Harness) -> No
     worker.producer.make_fatal()
     assert await worker.process(records) is None
     assert harness.replaced("producer_fatal") == 1
+    assert await worker.process(records) is not None
+    assert len(harness.outcomes()) == len(records)
+    await harness.close()
+
+
+async def test_a_partition_assigned_during_a_broker_outage_waits_for_the_broker_instead_of_stopping(harness: Harness) -> None:
+    # A rebalance often comes because of an outage: the first two producers
+    # cannot reach the broker (as aiokafka says when a connection drops).
+    made: list[Any] = []
+
+    def unreachable_at_first(txn_id: str, max_batch_bytes: int) -> Any:
+        producer = harness.broker.transactional_producer(txn_id, max_batch_bytes)
+        if len(made) < 2:
+            producer.fail("start", KafkaConnectionError("Connection at 127.0.0.1:9 closed"))
+        made.append(producer)
+        return producer
+
+    harness.processor.clients = KafkaClients(transactional_producer=unreachable_at_first, consumer=harness.broker.consumer)
+    harness.processor.ready.set()
+    assigning = asyncio.create_task(harness.assign())
+    for _ in range(500):  # the first attempt fails at once; the retry waits ~0.5 s
+        await asyncio.sleep(0.01)
+        if harness.processor.stalled():
+            break
+    assert harness.processor.stalled() == {0: "broker_unavailable"}
+    assert not harness.processor.is_ready()  # /readyz says so
+    worker = await assigning
+    assert harness.processor.is_ready() and not harness.processor.stalled()
+    assert len(made) == 3 and made[0].stopped and made[1].stopped and worker.producer is made[2]
+    assert harness.replaced("broker_unavailable") == 2
+    records = harness.publish((*encode(ev), []) for ev in random_stream(20, 5, seed=4))
     assert await worker.process(records) is not None
     assert len(harness.outcomes()) == len(records)
     await harness.close()

@@ -82,8 +82,15 @@ def test_the_official_schema_refuses_a_broken_document(official: jsonschema.Draf
 def test_asyncapi_names_every_topic_and_its_schema() -> None:
     doc = _asyncapi()
     addresses = {c["address"] for c in doc["channels"].values()}
-    assert addresses == {"invoice.events", "invoice.outcomes", "invoice.state", "invoice.deliveries", "invoice.events.dlq",
-                         "invoice.wechat.component", "invoice.deliveries.waiting"}
+    assert addresses == {
+        "invoice.events",
+        "invoice.outcomes",
+        "invoice.state",
+        "invoice.deliveries",
+        "invoice.events.dlq",
+        "invoice.wechat.component",
+        "invoice.deliveries.waiting",
+    }
     for message in doc["components"]["messages"].values():
         for part in ("payload", "headers"):
             if part not in message:
@@ -118,11 +125,20 @@ def test_asyncapi_operations_say_what_each_service_reads_and_writes() -> None:
         (tag,) = [_resolve(doc, t["$ref"])["name"] for t in op["tags"]]
         by_service.setdefault(tag, set()).add((op["action"], channel["address"]))
     assert by_service == {
-        "processor": {("receive", "invoice.events"), ("send", "invoice.outcomes"), ("send", "invoice.state"),
-                      ("send", "invoice.events.dlq")},
+        "processor": {
+            ("receive", "invoice.events"),
+            ("send", "invoice.outcomes"),
+            ("send", "invoice.state"),
+            ("send", "invoice.events.dlq"),
+        },
         "webhook": {("send", "invoice.events"), ("send", "invoice.wechat.component")},
-        "deliverer": {("receive", "invoice.wechat.component"), ("receive", "invoice.outcomes"), ("send", "invoice.deliveries"),
-                      ("send", "invoice.deliveries.waiting"), ("receive", "invoice.deliveries.waiting")},
+        "deliverer": {
+            ("receive", "invoice.wechat.component"),
+            ("receive", "invoice.outcomes"),
+            ("send", "invoice.deliveries"),
+            ("send", "invoice.deliveries.waiting"),
+            ("receive", "invoice.deliveries.waiting"),
+        },
     }
 
 
@@ -147,8 +163,9 @@ def test_outcome_and_delivery_headers_are_what_the_services_write() -> None:
 def test_dlq_headers_schema_describes_what_the_processor_writes() -> None:
     from domain.errors import InvalidEventError
 
-    record = SimpleNamespace(topic="invoice.events", partition=2, offset=41, key=b"k", value=b"x" * 5000,
-                             headers=[("trace", b"t-1")])
+    record = SimpleNamespace(
+        topic="invoice.events", partition=2, offset=41, key=b"k", value=b"x" * 5000, headers=[("trace", b"t-1")]
+    )
     validator = _headers_validator("dlq")
     for limit in (1_000_000, 2_000):  # kept whole, then cut to fit
         _, _, headers, truncated = wire.dlq_copy(
@@ -163,8 +180,16 @@ def test_dlq_headers_schema_describes_what_the_processor_writes() -> None:
 
 def test_binary_mode_headers_schema_requires_the_ce_attributes() -> None:
     validator = _headers_validator("eventBinary")
-    validator.validate({"ce_specversion": "1.0", "ce_id": "e1", "ce_source": "/erp", "ce_type": "invoice.red_flushed",
-                        "content-type": "application/json", "traceparent": "00-x"})
+    validator.validate(
+        {
+            "ce_specversion": "1.0",
+            "ce_id": "e1",
+            "ce_source": "/erp",
+            "ce_type": "invoice.red_flushed",
+            "content-type": "application/json",
+            "traceparent": "00-x",
+        }
+    )
     assert not validator.is_valid({"ce_specversion": "1.0", "ce_id": "e1", "ce_source": "/erp"})
 
 

@@ -154,9 +154,7 @@ def test_token_grace_is_configurable(client: httpx.Client, sim: WeChatSimulator,
     assert errcode(update(client, first, S.LOCK)) == 40001
 
 
-def test_token_expiry_and_token_errors_on_updatestatus(
-    client: httpx.Client, sim: WeChatSimulator, clock: FakeClock
-) -> None:
+def test_token_expiry_and_token_errors_on_updatestatus(client: httpx.Client, sim: WeChatSimulator, clock: FakeClock) -> None:
     assert errcode(update(client, None, S.LOCK)) == 41001
     assert errcode(update(client, "never-issued", S.LOCK)) == 40001
     sim.configure(token_ttl_s=60)
@@ -178,9 +176,7 @@ def test_invalidate_and_expire_tokens(client: httpx.Client, sim: WeChatSimulator
     assert errcode(update(client, tok, S.INIT)) == 42001
 
 
-def test_stable_token_returns_the_same_token_while_valid(
-    client: httpx.Client, sim: WeChatSimulator, clock: FakeClock
-) -> None:
+def test_stable_token_returns_the_same_token_while_valid(client: httpx.Client, sim: WeChatSimulator, clock: FakeClock) -> None:
     body = {"grant_type": "client_credential", "appid": DEMO_APPID, "secret": DEMO_SECRET, "force_refresh": False}
     a = client.post("/cgi-bin/stable_token", json=body).json()
     clock.advance(100)
@@ -314,14 +310,10 @@ def test_bad_bodies(client: httpx.Client) -> None:
 
 async def test_concurrent_same_move_is_applied_once(server: SimulatorServer, sim: WeChatSimulator) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=5.0) as ac:
-        r = await ac.get(
-            "/cgi-bin/token", params={"grant_type": "client_credential", "appid": DEMO_APPID, "secret": DEMO_SECRET}
-        )
+        r = await ac.get("/cgi-bin/token", params={"grant_type": "client_credential", "appid": DEMO_APPID, "secret": DEMO_SECRET})
         tok = r.json()["access_token"]
         body = {"card_id": "race", "code": "1", "reimburse_status": S.LOCK}
-        answers = await asyncio.gather(
-            *(ac.post(UPDATE, params={"access_token": tok}, json=body) for _ in range(20))
-        )
+        answers = await asyncio.gather(*(ac.post(UPDATE, params={"access_token": tok}, json=body) for _ in range(20)))
     codes = sorted(a.json()["errcode"] for a in answers)
     assert codes == [0] + [72024] * 19
     assert sum(c.applied for c in sim.calls()) == 1
@@ -343,7 +335,10 @@ def test_errcode_fault_times_after_and_appid(client: httpx.Client, sim: WeChatSi
     assert sim.card_status(DEMO_APPID, "card-1", "100001") == S.INIT
     calls = sim.calls()
     assert [(c.errcode, c.fault, c.applied) for c in calls] == [
-        (0, None, True), (-1, "errcode", False), (-1, "errcode", False), (0, None, True),
+        (0, None, True),
+        (-1, "errcode", False),
+        (-1, "errcode", False),
+        (0, None, True),
     ]
     rules = sim.faults()
     assert (rules[0].seen, rules[0].fired) == (3, 2)
@@ -573,7 +568,11 @@ def test_cli_serves_until_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "devtools.simulator", "--port", "0", "--latency-ms", "1", "--account", "wxabc:s3cret"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None

@@ -131,11 +131,13 @@ class FakeAdmin:
 
 async def test_owners_are_read_from_each_member_s_assignment_and_url() -> None:
     s = settings()
-    admin = FakeAdmin(members=[
-        _member(ME, {s.topic_events: [0, 2]}),
-        _member(PEER, {s.topic_events: [1, 3], "other.topic": [0]}),
-        _member(None, {s.topic_events: [4]}),  # advertises nothing
-    ])
+    admin = FakeAdmin(
+        members=[
+            _member(ME, {s.topic_events: [0, 2]}),
+            _member(PEER, {s.topic_events: [1, 3], "other.topic": [0]}),
+            _member(None, {s.topic_events: [4]}),  # advertises nothing
+        ]
+    )
     assert await owners.partition_owners(s, admin) == {0: ME, 2: ME, 1: PEER, 3: PEER}
 
 
@@ -158,7 +160,9 @@ class Record:
 
 
 def lifecycle(event_id: str, status: S) -> LifecycleEvent:
-    return LifecycleEvent(event_id=event_id, event_type="invoice.status.set", card_id=CARD, code=CODE, requested_status=status, appid=APPID)
+    return LifecycleEvent(
+        event_id=event_id, event_type="invoice.status.set", card_id=CARD, code=CODE, requested_status=status, appid=APPID
+    )
 
 
 def history() -> tuple[InvoiceState, list[Record], list[Record]]:
@@ -169,11 +173,24 @@ def history() -> tuple[InvoiceState, list[Record], list[Record]]:
     for offset, (event_id, status) in enumerate([("e1", S.LOCK), ("e2", S.LOCK), ("e3", S.CLOSURE), ("e4", S.INIT)]):
         decision = decide(state, lifecycle(event_id, status), "2026-12-02T10:00:00.000Z")
         state = decision.state
-        outcomes.append(Record(KEY.encode(), wire.outcome_bytes(decision, Record(b"", None, offset), "2026-12-02T10:00:00.000Z", KEY), offset))
+        outcomes.append(
+            Record(KEY.encode(), wire.outcome_bytes(decision, Record(b"", None, offset), "2026-12-02T10:00:00.000Z", KEY), offset)
+        )
     delivery = {
-        "idempotency_key": f"{KEY}#1", "card_id": CARD, "code": CODE, "appid": APPID, "reimburse_status": S.LOCK.value,
-        "version": 1, "result": "delivered", "errcode": 0, "errmsg": "ok", "attempts": 2, "outcome_id": "x",
-        "first_attempt_at": None, "completed_at": "2026-12-02T10:00:01.000Z", "duration_ms": 3.0,
+        "idempotency_key": f"{KEY}#1",
+        "card_id": CARD,
+        "code": CODE,
+        "appid": APPID,
+        "reimburse_status": S.LOCK.value,
+        "version": 1,
+        "result": "delivered",
+        "errcode": 0,
+        "errmsg": "ok",
+        "attempts": 2,
+        "outcome_id": "x",
+        "first_attempt_at": None,
+        "completed_at": "2026-12-02T10:00:01.000Z",
+        "duration_ms": 3.0,
     }
     assert state is not None
     return state, outcomes[::-1], [Record(KEY.encode(), json.dumps(delivery).encode(), 7)]
@@ -225,7 +242,9 @@ def topics(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return held
 
 
-def query(*, url: str | None = ME, owner_map: dict[int, str] | None = None, client: FakeOwnerClient | None = None) -> InvoiceQuery:
+def query(
+    *, url: str | None = ME, owner_map: dict[int, str] | None = None, client: FakeOwnerClient | None = None
+) -> InvoiceQuery:
     q = InvoiceQuery(settings(), url=url)
     q._counts = (time.monotonic(), {"invoice.events": 6, "invoice.outcomes": 6, "invoice.deliveries": 6})
 
@@ -260,7 +279,10 @@ async def test_the_owner_answers_from_its_store_with_history_from_the_topics(top
     assert (body["source"], body["answered_by"], body["partition"]) == ("owner", ME, home())
     assert (body["status"], body["version"], body["appid"]) == (S.CLOSURE.value, 2, APPID)
     assert [(e["event_id"], e["decision"]) for e in body["events"]] == [
-        ("e1", "accepted"), ("e2", "unchanged"), ("e3", "accepted"), ("e4", "rejected")
+        ("e1", "accepted"),
+        ("e2", "unchanged"),
+        ("e3", "accepted"),
+        ("e4", "rejected"),
     ]
     assert body["events"][3]["reason"] == "terminal_state"
     assert body["last_delivery"]["result"] == "delivered" and body["last_delivery"]["attempts"] == 2
@@ -289,7 +311,9 @@ async def test_an_invoice_in_any_held_partition_is_found_whatever_the_partitione
 
 
 async def test_a_non_owner_forwards_once_and_relays_the_owner_s_answer(topics: dict[str, Any]) -> None:
-    client = FakeOwnerClient({PEER: owners.OwnerAnswer(200, {"found": True, "status": "X", "source": "owner", "answered_by": PEER})})
+    client = FakeOwnerClient(
+        {PEER: owners.OwnerAnswer(200, {"found": True, "status": "X", "source": "owner", "answered_by": PEER})}
+    )
     q = query(owner_map=dict.fromkeys(range(6), PEER), client=client)
     status, body = await q.answer(CARD, CODE)
     assert status == 200 and (body["source"], body["answered_by"], body["status"]) == ("forwarded", PEER, "X")

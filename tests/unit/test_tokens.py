@@ -302,9 +302,7 @@ async def test_token_endpoint_refusal_is_a_credential_error_naming_appid_not_sec
         (httpx.Response(403, text="forbidden"), CredentialError, -1),
     ],
 )
-async def test_token_endpoint_answers_map_to_errors(
-    answer: httpx.Response, error_type: type[WeChatError], errcode: int
-) -> None:
+async def test_token_endpoint_answers_map_to_errors(answer: httpx.Response, error_type: type[WeChatError], errcode: int) -> None:
     provider = stable(TokenServer(answers=[answer]))
     with pytest.raises(error_type) as caught:
         await provider.get(APPID)
@@ -375,9 +373,7 @@ class ComponentServer:
         body = json.loads(request.content)
         if request.url.path == "/cgi-bin/component/api_component_token":
             self.component_issued += 1
-            return httpx.Response(
-                200, json={"component_access_token": f"ctok-{self.component_issued}", "expires_in": 7200}
-            )
+            return httpx.Response(200, json={"component_access_token": f"ctok-{self.component_issued}", "expires_in": 7200})
         assert request.url.path == "/cgi-bin/component/api_authorizer_token"
         if request.url.params["component_access_token"] in self.refused_component_tokens:
             return token_error(40001, "invalid credential")
@@ -487,9 +483,7 @@ async def test_component_invalid_refresh_token_and_unknown_authorizer_are_creden
 async def test_external_url_is_asked_with_the_appid_and_invalidation_drops_the_cache() -> None:
     server = TokenServer(expires_in=600)
     clock = FakeClock()
-    provider = ExternalTokenProvider(
-        http=server.client(), token_url="https://tokens.internal/token?tenant=x", clock=clock
-    )
+    provider = ExternalTokenProvider(http=server.client(), token_url="https://tokens.internal/token?tenant=x", clock=clock)
     token = await provider.get(APPID)
     assert token.value == "tok-1" and token.expires_at == clock.now + 600
     assert dict(server.requests[0].url.params) == {"tenant": "x", "appid": APPID}
@@ -504,10 +498,7 @@ def python_command(code: str) -> str:
 
 
 async def test_external_command_gets_the_appid_in_its_environment() -> None:
-    code = (
-        "import json, os; "
-        f"print(json.dumps({{'access_token': 'cmd-' + os.environ['{TOKEN_APPID_ENV}'], 'expires_in': 7200}}))"
-    )
+    code = f"import json, os; print(json.dumps({{'access_token': 'cmd-' + os.environ['{TOKEN_APPID_ENV}'], 'expires_in': 7200}}))"
     provider = ExternalTokenProvider(command=python_command(code), clock=FakeClock())
     token = await provider.get(APPID)
     assert token.value == f"cmd-{APPID}"

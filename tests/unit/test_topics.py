@@ -15,7 +15,10 @@ def test_the_default_table_keeps_events_forever_and_compacts_state() -> None:
     assert table["component"].name == "invoice.wechat.component" and table["component"].cleanup == "compact"
     assert table["events"].name == "invoice.events" and table["events"].retention_ms == -1
     assert table["events"].configs() == {
-        "cleanup.policy": "delete", "min.insync.replicas": "1", "retention.ms": "-1", "retention.bytes": "-1",
+        "cleanup.policy": "delete",
+        "min.insync.replicas": "1",
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
     }
     assert table["state"].cleanup == "compact" and table["state"].retention_ms is None
     assert "retention.ms" not in table["state"].configs()
@@ -32,8 +35,11 @@ def test_min_insync_replicas_is_2_from_replication_factor_3(rf: int, isr: int) -
 
 def test_retention_and_min_isr_settings_reach_the_table() -> None:
     settings = load_settings(
-        topic_replication_factor=3, topic_min_insync_replicas=3, topic_deliveries_retention_ms=-1,
-        topic_outcomes_retention_ms=3_600_000, topic_dlq_retention_ms=86_400_000,
+        topic_replication_factor=3,
+        topic_min_insync_replicas=3,
+        topic_deliveries_retention_ms=-1,
+        topic_outcomes_retention_ms=3_600_000,
+        topic_dlq_retention_ms=86_400_000,
     )
     table = {spec.role: spec for spec in topic_table(settings)}
     assert table["deliveries"].configs()["retention.ms"] == "-1"

@@ -223,7 +223,10 @@ async def test_http_5xx_after_the_request_was_written_may_have_been_applied(stat
     assert caught.value.http_status == status and caught.value.errcode == -1 and caught.value.retriable
 
 
-@pytest.mark.parametrize(("status", "error_type"), [(500, TransientWeChatError), (503, TransientWeChatError), (502, UnknownResultError), (504, UnknownResultError)])
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(500, TransientWeChatError), (503, TransientWeChatError), (502, UnknownResultError), (504, UnknownResultError)],
+)
 async def test_http_5xx_before_the_request_was_written_is_not_applied_unless_a_gateway_gave_up(
     status: int, error_type: type[WeChatError]
 ) -> None:
@@ -273,9 +276,7 @@ async def test_failures_before_sending_are_transient(exc_type: type[httpx.Transp
     assert_no_credentials(caught.value)
 
 
-@pytest.mark.parametrize(
-    "exc_type", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError]
-)
+@pytest.mark.parametrize("exc_type", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError])
 async def test_failures_after_sending_are_unknown_results(exc_type: type[httpx.TransportError]) -> None:
     fake = FakeWeChat(answers=[raising(exc_type)])
     async with make_client(fake) as client:

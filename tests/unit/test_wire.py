@@ -28,7 +28,9 @@ def test_a_record_the_client_could_not_parse_is_refused_as_unreadable() -> None:
 
 
 @pytest.mark.parametrize(("name", "key", "value", "headers", "reason"), CASES, ids=[c[0] for c in CASES])
-def test_malformed_input_is_refused_with_its_reason(name: str, key: bytes | None, value: bytes | None, headers: list, reason: str) -> None:
+def test_malformed_input_is_refused_with_its_reason(
+    name: str, key: bytes | None, value: bytes | None, headers: list, reason: str
+) -> None:
     with pytest.raises(InvalidEventError) as info:
         wire.decode_event(key, value, headers)
     assert info.value.reason == reason, str(info.value)
@@ -68,7 +70,10 @@ def test_state_round_trips_through_its_wire_form() -> None:
 
 def test_content_type_decides_the_mode_over_a_stray_ce_header() -> None:
     key, value = encode(event(*card(5), S.LOCK, event_id="e-5"))
-    headers: list[tuple[str, bytes | None]] = [("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()), ("ce_specversion", b"1.0")]
+    headers: list[tuple[str, bytes | None]] = [
+        ("content-type", wire.STRUCTURED_CONTENT_TYPE.encode()),
+        ("ce_specversion", b"1.0"),
+    ]
     assert wire.decode_event(key, value, headers).event_id == "e-5"
 
 
@@ -140,14 +145,20 @@ def test_state_is_encoded_as_the_state_record_it_stands_for() -> None:
 
     from domain.model import InvoiceState
 
-    state = InvoiceState("c", "1", S.CLOSURE, 7, "wx1", None, ("a", "b\"c"))
+    state = InvoiceState("c", "1", S.CLOSURE, 7, "wx1", None, ("a", 'b"c'))
     record = msgspec.json.decode(wire.encode_state(state), type=wire.StateRecord)
     assert record == wire.StateRecord(
-        card_id="c", code="1", status=S.CLOSURE, version=7, appid="wx1", recent_event_ids=["a", "b\"c"], updated_at=None
+        card_id="c", code="1", status=S.CLOSURE, version=7, appid="wx1", recent_event_ids=["a", 'b"c'], updated_at=None
     )
     assert set(msgspec.json.decode(wire.encode_state(state))) == set(wire.StateRecord.__struct_fields__)
     assert wire.StateRecord.__struct_fields__[:7] == (
-        "card_id", "code", "status", "version", "appid", "recent_event_ids", "updated_at"
+        "card_id",
+        "code",
+        "status",
+        "version",
+        "appid",
+        "recent_event_ids",
+        "updated_at",
     )
 
 
@@ -155,9 +166,23 @@ def test_outcome_fields_are_in_the_order_outcome_bytes_passes_them() -> None:
     # outcome_bytes builds both structs positionally: a field moved here would
     # silently put a value under another name.
     assert wire.OutcomeData.__struct_fields__[:17] == (
-        "card_id", "code", "appid", "event_id", "event_type", "from_status", "requested_status", "version",
-        "processed_at", "to_status", "reason", "trigger", "source_partition", "source_offset", "event_time",
-        "origin", "legal",
+        "card_id",
+        "code",
+        "appid",
+        "event_id",
+        "event_type",
+        "from_status",
+        "requested_status",
+        "version",
+        "processed_at",
+        "to_status",
+        "reason",
+        "trigger",
+        "source_partition",
+        "source_offset",
+        "event_time",
+        "origin",
+        "legal",
     )
     assert wire.OutcomeEvent.__struct_fields__[:7] == ("specversion", "id", "source", "type", "time", "subject", "data")
 
@@ -169,9 +194,20 @@ def _delivery(result: str = "delivered", **changes: object) -> wire.DeliveryReco
     import msgspec
 
     record = wire.DeliveryRecord(
-        idempotency_key="c1/1#2", card_id="c1", code="1", appid="wx1", reimburse_status=S.LOCK, version=2,
-        result=result, errcode=0, errmsg="ok", attempts=1, outcome_id="t.outcomes/0/5",  # type: ignore[arg-type]  # result: a plain str, written like the enum
-        first_attempt_at="2026-12-02T10:00:00.000Z", completed_at="2026-12-02T10:00:00.120Z", duration_ms=120.0,
+        idempotency_key="c1/1#2",
+        card_id="c1",
+        code="1",
+        appid="wx1",
+        reimburse_status=S.LOCK,
+        version=2,
+        result=result,  # type: ignore[arg-type]  # a plain str, written like the enum
+        errcode=0,
+        errmsg="ok",
+        attempts=1,
+        outcome_id="t.outcomes/0/5",
+        first_attempt_at="2026-12-02T10:00:00.000Z",
+        completed_at="2026-12-02T10:00:00.120Z",
+        duration_ms=120.0,
     )
     return msgspec.structs.replace(record, **changes)
 
@@ -185,8 +221,12 @@ def test_a_delivery_record_is_a_cloudevent_whose_data_is_the_record() -> None:
     value = wire.delivery_bytes(record)
     event = json.loads(value)
     assert {k: event[k] for k in ("specversion", "type", "source", "subject", "time", "datacontenttype")} == {
-        "specversion": "1.0", "type": "invoice.delivery.recorded", "source": "/invoice-sm/deliverer",
-        "subject": "c1/1", "time": "2026-12-02T10:00:00.120Z", "datacontenttype": "application/json",
+        "specversion": "1.0",
+        "type": "invoice.delivery.recorded",
+        "source": "/invoice-sm/deliverer",
+        "subject": "c1/1",
+        "time": "2026-12-02T10:00:00.120Z",
+        "datacontenttype": "application/json",
     }
     assert event["id"] == "c1/1#2@failed"
     assert event["data"]["reason"] == "no_credentials" and event["data"]["idempotency_key"] == "c1/1#2"

@@ -63,9 +63,19 @@ def lane() -> PartitionLane:
 
 
 def job(lane: PartitionLane, offset: int, card: str, version: int, appid: str = "wxA") -> Job:
-    return Job(lane=lane, offset=offset, outcome_id=f"o-{offset}", card_id=card, code="c", appid=appid,
-               status=S.LOCK if version % 2 else S.INIT, version=version,
-               key=idempotency_key(card, "c", version), repair=False, possibly_applied=False)
+    return Job(
+        lane=lane,
+        offset=offset,
+        outcome_id=f"o-{offset}",
+        card_id=card,
+        code="c",
+        appid=appid,
+        status=S.LOCK if version % 2 else S.INIT,
+        version=version,
+        key=idempotency_key(card, "c", version),
+        repair=False,
+        possibly_applied=False,
+    )
 
 
 def commit(lane: PartitionLane, calls: Calls) -> None:
@@ -90,7 +100,7 @@ async def drain(calls: Calls, until, timeout: float = 5.0, lanes: tuple[Partitio
 def results(lane: PartitionLane) -> dict[int | str, str]:
     out: dict[int | str, str] = {}
     for offset, item in lane.work.items():
-        out[offset] = type(item).__name__ if not isinstance(item, Done) else wire.decode_delivery(item.record).result
+        out[offset] = type(item).__name__ if not isinstance(item, Done) else wire.decode_delivery(item.record or b"").result
     return out
 
 
@@ -100,8 +110,13 @@ async def test_a_parked_account_leaves_the_commit_path_and_takes_its_later_versi
     ln = lane()
     workers = Workers(calls, 1)  # one at a time: q2's turn comes after the park
     try:
-        for j in (job(ln, 0, "q1", 1, "wxQ"), job(ln, 1, "h1", 1), job(ln, 2, "q1", 2, "wxQ"), job(ln, 3, "h2", 1),
-                  job(ln, 4, "q2", 1, "wxQ")):
+        for j in (
+            job(ln, 0, "q1", 1, "wxQ"),
+            job(ln, 1, "h1", 1),
+            job(ln, 2, "q1", 2, "wxQ"),
+            job(ln, 3, "h2", 1),
+            job(ln, 4, "q2", 1, "wxQ"),
+        ):
             head = ln.add(j)
             if head is not None:
                 calls.ready.put_nowait(head)
@@ -140,9 +155,20 @@ async def test_a_room_job_that_finishes_during_its_commit_goes_out_next_time_wit
 
 def _record(j: Job) -> wire.DeliveryRecord:
     return wire.DeliveryRecord(
-        idempotency_key=j.key, card_id=j.card_id, code=j.code, appid=j.appid, reimburse_status=j.status,
-        version=j.version, result=DeliveryResult.DELIVERED, errcode=0, errmsg="ok", attempts=1, outcome_id=j.outcome_id,
-        first_attempt_at=None, completed_at="2026-12-02T10:00:00.000Z", duration_ms=1.0,
+        idempotency_key=j.key,
+        card_id=j.card_id,
+        code=j.code,
+        appid=j.appid,
+        reimburse_status=j.status,
+        version=j.version,
+        result=DeliveryResult.DELIVERED,
+        errcode=0,
+        errmsg="ok",
+        attempts=1,
+        outcome_id=j.outcome_id,
+        first_attempt_at=None,
+        completed_at="2026-12-02T10:00:00.000Z",
+        duration_ms=1.0,
     )
 
 

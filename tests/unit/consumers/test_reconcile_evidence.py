@@ -22,9 +22,20 @@ def state(status: S, version: int) -> InvoiceState:
 
 def delivered(version: int, status: S) -> wire.DeliveryRecord:
     return wire.DeliveryRecord(
-        idempotency_key=idempotency_key(CARD, CODE, version), card_id=CARD, code=CODE, appid=APPID,
-        reimburse_status=status, version=version, result=DeliveryResult.DELIVERED, errcode=0, errmsg="ok", attempts=1,
-        outcome_id="o", first_attempt_at=None, completed_at="2026-11-23T10:00:01Z", duration_ms=1.0,
+        idempotency_key=idempotency_key(CARD, CODE, version),
+        card_id=CARD,
+        code=CODE,
+        appid=APPID,
+        reimburse_status=status,
+        version=version,
+        result=DeliveryResult.DELIVERED,
+        errcode=0,
+        errmsg="ok",
+        attempts=1,
+        outcome_id="o",
+        first_attempt_at=None,
+        completed_at="2026-11-23T10:00:01Z",
+        duration_ms=1.0,
     )
 
 
@@ -61,11 +72,24 @@ def test_the_index_collects_accepted_outcomes_repairs_and_deliveries() -> None:
     index = EvidenceIndex()
     plan = RepairPlan(CARD, CODE, APPID, 0, 1, S.INIT, S.LOCK, "INIT", DifferenceKind.WECHAT_MISMATCH)
     accepted = wire.OutcomeEvent(
-        specversion="1.0", id="t/0/0", source=wire.OUTCOME_SOURCE, type="invoice.status.accepted",
-        time="2026-11-23T10:00:00Z", subject=KEY,
-        data=wire.OutcomeData(card_id=CARD, code=CODE, appid=APPID, event_id="e1",
-                              event_type="invoice.reimbursement.locked", from_status=S.INIT, requested_status=S.LOCK,
-                              version=1, processed_at="2026-11-23T10:00:00Z", to_status=S.LOCK),
+        specversion="1.0",
+        id="t/0/0",
+        source=wire.OUTCOME_SOURCE,
+        type="invoice.status.accepted",
+        time="2026-11-23T10:00:00Z",
+        subject=KEY,
+        data=wire.OutcomeData(
+            card_id=CARD,
+            code=CODE,
+            appid=APPID,
+            event_id="e1",
+            event_type="invoice.reimbursement.locked",
+            from_status=S.INIT,
+            requested_status=S.LOCK,
+            version=1,
+            processed_at="2026-11-23T10:00:00Z",
+            to_status=S.LOCK,
+        ),
     )
     index.add_outcome_record(rec(0, KEY, wire.encode(accepted)))
     index.add_outcome_record(rec(0, KEY, wire.encode(repair_outcome(plan, "2026-11-23T11:00:00Z"))))

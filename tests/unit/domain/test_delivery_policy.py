@@ -37,10 +37,24 @@ POLICY = DeliveryPolicy(max_backoff_s=30.0, park_after_s=5.0, credential_park_s=
 NOW = datetime(2026, 12, 2, 10, 0, 30, tzinfo=UTC).timestamp()
 
 
-def step(error: BaseException, *, attempts: int = 1, possibly_applied: bool = False, waiting_since: float | None = None,
-         policy: DeliveryPolicy = POLICY, jitter: float = 0.5):
-    return after_failure(error, attempts=attempts, possibly_applied=possibly_applied, waiting_since=waiting_since,
-                         now=NOW, jitter=jitter, policy=policy)
+def step(
+    error: BaseException,
+    *,
+    attempts: int = 1,
+    possibly_applied: bool = False,
+    waiting_since: float | None = None,
+    policy: DeliveryPolicy = POLICY,
+    jitter: float = 0.5,
+):
+    return after_failure(
+        error,
+        attempts=attempts,
+        possibly_applied=possibly_applied,
+        waiting_since=waiting_since,
+        now=NOW,
+        jitter=jitter,
+        policy=policy,
+    )
 
 
 # (error, attempts, possibly_applied before) -> expected step
@@ -58,31 +72,62 @@ TABLE = [
     (TransientWeChatError(-1, "system busy"), 8, False, Wait(NOW + 19.2, WaitReason.BACKOFF, Scope.INVOICE, False)),
     (UnknownResultError(-1, "read timeout"), 9, False, Wait(NOW + 22.5, WaitReason.BACKOFF, Scope.INVOICE, True)),
     # 45011: the account waits for the next minute (+0.05 s + jitter)
-    (TransientWeChatError(45011, "minute quota"), 1, False,
-     Wait(NOW - 30 + 60 + 0.05 + 0.5, WaitReason.MINUTE_QUOTA, Scope.ACCOUNT, False)),
+    (
+        TransientWeChatError(45011, "minute quota"),
+        1,
+        False,
+        Wait(NOW - 30 + 60 + 0.05 + 0.5, WaitReason.MINUTE_QUOTA, Scope.ACCOUNT, False),
+    ),
     # 45009: the account waits until the daily reset (00:00 China = 16:00 UTC)
-    (QuotaExhaustedError(45009, "daily quota"), 1, False,
-     Wait(datetime(2026, 12, 2, 16, 0, tzinfo=UTC).timestamp(), WaitReason.QUOTA, Scope.ACCOUNT, False)),
+    (
+        QuotaExhaustedError(45009, "daily quota"),
+        1,
+        False,
+        Wait(datetime(2026, 12, 2, 16, 0, tzinfo=UTC).timestamp(), WaitReason.QUOTA, Scope.ACCOUNT, False),
+    ),
     # refused credentials: the account waits, never dropped
-    (CredentialError(40125, "invalid appsecret"), 1, False,
-     Wait(NOW + 60, WaitReason.CREDENTIALS_REFUSED, Scope.ACCOUNT, False)),
+    (CredentialError(40125, "invalid appsecret"), 1, False, Wait(NOW + 60, WaitReason.CREDENTIALS_REFUSED, Scope.ACCOUNT, False)),
     # no credentials here: the account waits, bounded (see the next test)
-    (MissingCredentialsError(41001, "no credentials for appid wxX"), 1, False,
-     Wait(NOW + 60, WaitReason.NO_CREDENTIALS, Scope.ACCOUNT, False)),
+    (
+        MissingCredentialsError(41001, "no credentials for appid wxX"),
+        1,
+        False,
+        Wait(NOW + 60, WaitReason.NO_CREDENTIALS, Scope.ACCOUNT, False),
+    ),
     # unauthorized authorizer: ends with a reason
-    (AuthorizerUnauthorizedError(61003, "unauthorized"), 1, False,
-     Final(DeliveryResult.FAILED, 61003, "unauthorized", "AuthorizerUnauthorizedError", FinalReason.UNAUTHORIZED)),
+    (
+        AuthorizerUnauthorizedError(61003, "unauthorized"),
+        1,
+        False,
+        Final(DeliveryResult.FAILED, 61003, "unauthorized", "AuthorizerUnauthorizedError", FinalReason.UNAUTHORIZED),
+    ),
     # conflicts: 72024 after a possibly applied call is ours
-    (ConflictError(72024, "status already set"), 2, True,
-     Final(DeliveryResult.ALREADY_APPLIED, 72024, "status already set", "ConflictError")),
-    (ConflictError(72024, "status already set"), 1, False,
-     Final(DeliveryResult.CONFLICT, 72024, "status already set", "ConflictError")),
-    (ConflictError(72023, "locked by another"), 2, True,
-     Final(DeliveryResult.CONFLICT, 72023, "locked by another", "ConflictError")),
+    (
+        ConflictError(72024, "status already set"),
+        2,
+        True,
+        Final(DeliveryResult.ALREADY_APPLIED, 72024, "status already set", "ConflictError"),
+    ),
+    (
+        ConflictError(72024, "status already set"),
+        1,
+        False,
+        Final(DeliveryResult.CONFLICT, 72024, "status already set", "ConflictError"),
+    ),
+    (
+        ConflictError(72023, "locked by another"),
+        2,
+        True,
+        Final(DeliveryResult.CONFLICT, 72023, "locked by another", "ConflictError"),
+    ),
     (ConflictError(72039, "closed"), 1, False, Final(DeliveryResult.CONFLICT, 72039, "closed", "ConflictError")),
     # permanent: recorded with the errcode
-    (PermanentWeChatError(40003, "invalid openid"), 1, False,
-     Final(DeliveryResult.FAILED, 40003, "invalid openid", "PermanentWeChatError")),
+    (
+        PermanentWeChatError(40003, "invalid openid"),
+        1,
+        False,
+        Final(DeliveryResult.FAILED, 40003, "invalid openid", "PermanentWeChatError"),
+    ),
     # an unforeseen WeChatError subclass keeps the work
     (type("NewWeChatError", (WeChatError,), {})(12345, "new"), 1, False, Retry(0.15, False)),
     # not a WeChat answer at all (a bug, a parser blown up by a hostile body): possibly applied
@@ -90,8 +135,11 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("error", "attempts", "possibly_applied", "expected"), TABLE,
-                         ids=[f"{type(row[0]).__name__}-{getattr(row[0], 'errcode', '')}-{row[1]}" for row in TABLE])
+@pytest.mark.parametrize(
+    ("error", "attempts", "possibly_applied", "expected"),
+    TABLE,
+    ids=[f"{type(row[0]).__name__}-{getattr(row[0], 'errcode', '')}-{row[1]}" for row in TABLE],
+)
 def test_every_failure_class_has_its_step(error, attempts, possibly_applied, expected) -> None:
     got = step(error, attempts=attempts, possibly_applied=possibly_applied)
     # float arithmetic: compare the times approximately, the rest exactly
@@ -125,10 +173,13 @@ def test_backoff_grows_is_capped_and_never_zero() -> None:
     assert backoff_s(0, 30.0, 0.0) > 0
 
 
-@pytest.mark.parametrize(("utc", "hour", "expected"), [
-    (datetime(2026, 12, 2, 10, 0, tzinfo=UTC), 0, datetime(2026, 12, 2, 16, 0, tzinfo=UTC)),
-    (datetime(2026, 12, 2, 16, 0, tzinfo=UTC), 0, datetime(2026, 12, 3, 16, 0, tzinfo=UTC)),  # exactly at reset: next day
-    (datetime(2026, 12, 2, 10, 0, tzinfo=UTC), 20, datetime(2026, 12, 2, 12, 0, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    ("utc", "hour", "expected"),
+    [
+        (datetime(2026, 12, 2, 10, 0, tzinfo=UTC), 0, datetime(2026, 12, 2, 16, 0, tzinfo=UTC)),
+        (datetime(2026, 12, 2, 16, 0, tzinfo=UTC), 0, datetime(2026, 12, 3, 16, 0, tzinfo=UTC)),  # exactly at reset: next day
+        (datetime(2026, 12, 2, 10, 0, tzinfo=UTC), 20, datetime(2026, 12, 2, 12, 0, tzinfo=UTC)),
+    ],
+)
 def test_quota_resets_at_the_hour_in_china(utc: datetime, hour: int, expected: datetime) -> None:
     assert next_quota_reset(utc, hour) == expected

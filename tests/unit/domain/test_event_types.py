@@ -41,8 +41,17 @@ def cloudevent(event_type: str, target: ReimburseStatus | None) -> bytes:
     data = {"card_id": CARD, "code": CODE, "appid": APPID}
     if target is None:
         data["reimburse_status"] = NAMED.value
-    return json.dumps({"specversion": "1.0", "id": f"e-{event_type}", "source": "/erp", "type": event_type,
-                       "time": "2026-11-23T10:00:00Z", "subject": KEY, "data": data}).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"e-{event_type}",
+            "source": "/erp",
+            "type": event_type,
+            "time": "2026-11-23T10:00:00Z",
+            "subject": KEY,
+            "data": data,
+        }
+    ).encode()
 
 
 def from_where_legal(target: ReimburseStatus) -> InvoiceState:

@@ -32,10 +32,25 @@ def state(status: S, version: int, ids: tuple[str, ...] = ("e1",), appid: str = 
     return InvoiceState(card, CODE, status, version, appid, updated_at="2026-11-23T10:00:00Z", recent_event_ids=ids)
 
 
-def delivered(version: int, status: S, *, result: str = "delivered", key: str | None = None, repair: bool = False,
-              errcode: int = 0, card: str = CARD) -> FinalDelivery:
-    return FinalDelivery(key or idempotency_key(card, CODE, version), version, status, DeliveryResult(result), errcode,
-                         "ok" if not errcode else "refused", repair)
+def delivered(
+    version: int,
+    status: S,
+    *,
+    result: str = "delivered",
+    key: str | None = None,
+    repair: bool = False,
+    errcode: int = 0,
+    card: str = CARD,
+) -> FinalDelivery:
+    return FinalDelivery(
+        key or idempotency_key(card, CODE, version),
+        version,
+        status,
+        DeliveryResult(result),
+        errcode,
+        "ok" if not errcode else "refused",
+        repair,
+    )
 
 
 def history(*statuses: S, at: datetime = LONG_AGO) -> dict[int, Accepted]:
@@ -46,9 +61,15 @@ def consistent(*statuses: S, wechat: S | bool | None = False, card: str = CARD) 
     """An invoice moved through ``statuses``, every step delivered; WeChat asked
     (and agreeing) unless ``wechat`` is False."""
     final = state(statuses[-1], len(statuses), card=card)
-    ev = Evidence(final.key, rebuilt=final, rebuilt_partition=1, live=final, live_partition=1,
-                  accepted=history(*statuses),
-                  deliveries=[delivered(v, s, card=card) for v, s in enumerate(statuses, 1)])
+    ev = Evidence(
+        final.key,
+        rebuilt=final,
+        rebuilt_partition=1,
+        live=final,
+        live_partition=1,
+        accepted=history(*statuses),
+        deliveries=[delivered(v, s, card=card) for v, s in enumerate(statuses, 1)],
+    )
     if wechat is not False:
         ev.wechat_asked, ev.wechat = True, (statuses[-1] if wechat is True else wechat)
     return ev
@@ -179,8 +200,15 @@ def test_a_card_wechat_never_saw_is_wechat_missing_and_repaired_from_init() -> N
 
 
 def test_an_untouched_card_of_an_unmoved_invoice_is_fine() -> None:
-    ev = Evidence(KEY, rebuilt=state(S.INIT, 0), rebuilt_partition=0, live=state(S.INIT, 0), live_partition=0,
-                  wechat_asked=True, wechat=None)
+    ev = Evidence(
+        KEY,
+        rebuilt=state(S.INIT, 0),
+        rebuilt_partition=0,
+        live=state(S.INIT, 0),
+        live_partition=0,
+        wechat_asked=True,
+        wechat=None,
+    )
     assert examine(ev, now=NOW).differences == []
 
 
@@ -200,8 +228,15 @@ def test_a_card_wechat_refuses_to_move_is_unrepairable(statuses: tuple[S, ...], 
 
 
 def test_a_card_the_service_never_moved_is_unrepairable() -> None:
-    ev = Evidence(KEY, rebuilt=state(S.INIT, 0), rebuilt_partition=0, live=state(S.INIT, 0), live_partition=0,
-                  wechat_asked=True, wechat=S.LOCK)
+    ev = Evidence(
+        KEY,
+        rebuilt=state(S.INIT, 0),
+        rebuilt_partition=0,
+        live=state(S.INIT, 0),
+        live_partition=0,
+        wechat_asked=True,
+        wechat=S.LOCK,
+    )
     verdict = examine(ev, now=NOW)
     assert [d.kind for d in verdict.differences] == ["wechat_mismatch", "unrepairable"] and verdict.repair is None
 

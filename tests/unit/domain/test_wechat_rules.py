@@ -13,10 +13,22 @@ from domain.wechat_rules import wechat_answer
 
 #: (card is, asked for) -> errcode, for every pair of statuses (DOMAIN.md's table).
 ANSWERS = {
-    (S.INIT, S.INIT): 72024, (S.INIT, S.LOCK): 0, (S.INIT, S.CLOSURE): 72039, (S.INIT, S.CANCEL): 0,
-    (S.LOCK, S.INIT): 0, (S.LOCK, S.LOCK): 72024, (S.LOCK, S.CLOSURE): 0, (S.LOCK, S.CANCEL): 0,
-    (S.CLOSURE, S.INIT): 72024, (S.CLOSURE, S.LOCK): 72024, (S.CLOSURE, S.CLOSURE): 72024, (S.CLOSURE, S.CANCEL): 72024,
-    (S.CANCEL, S.INIT): 72024, (S.CANCEL, S.LOCK): 72024, (S.CANCEL, S.CLOSURE): 72024, (S.CANCEL, S.CANCEL): 72024,
+    (S.INIT, S.INIT): 72024,
+    (S.INIT, S.LOCK): 0,
+    (S.INIT, S.CLOSURE): 72039,
+    (S.INIT, S.CANCEL): 0,
+    (S.LOCK, S.INIT): 0,
+    (S.LOCK, S.LOCK): 72024,
+    (S.LOCK, S.CLOSURE): 0,
+    (S.LOCK, S.CANCEL): 0,
+    (S.CLOSURE, S.INIT): 72024,
+    (S.CLOSURE, S.LOCK): 72024,
+    (S.CLOSURE, S.CLOSURE): 72024,
+    (S.CLOSURE, S.CANCEL): 72024,
+    (S.CANCEL, S.INIT): 72024,
+    (S.CANCEL, S.LOCK): 72024,
+    (S.CANCEL, S.CLOSURE): 72024,
+    (S.CANCEL, S.CANCEL): 72024,
 }
 
 
@@ -24,7 +36,9 @@ def test_the_table_covers_every_pair_of_statuses() -> None:
     assert set(ANSWERS) == set(itertools.product(S, S))
 
 
-@pytest.mark.parametrize(("pair", "errcode"), ANSWERS.items(), ids=lambda v: "->".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize(
+    ("pair", "errcode"), ANSWERS.items(), ids=lambda v: "->".join(map(str, v)) if isinstance(v, tuple) else str(v)
+)
 def test_wechat_answers_each_move_as_domain_md_says(pair: tuple[S, S], errcode: int) -> None:
     answer = wechat_answer(*pair)
     assert answer.errcode == errcode and answer.applied is (errcode == 0)
