@@ -45,7 +45,7 @@ from domain.errors import BrokerError
 
 __all__ = ["ComponentFeed", "ComponentFeedTarget", "follow_component_feed"]
 
-log = get_logger(__name__)
+log = get_logger("invoice_sm.component_feed")
 
 _RETRY_S = 2.0
 

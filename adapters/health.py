@@ -45,7 +45,7 @@ ReadinessCheck = Callable[[], bool]
 #: free of aiohttp, so the query lives outside this adapter.
 InvoiceQueryHandler = Callable[[str, str, Mapping[str, str], Mapping[str, str]], Awaitable[tuple[int, dict[str, object]]]]
 
-_log = get_logger(__name__)
+_log = get_logger("invoice_sm.health")
 
 
 class HealthServer:

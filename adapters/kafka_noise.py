@@ -5,8 +5,8 @@ WARNING or ERROR: hundreds of lines a second, exactly when someone reads the
 log. ``RepeatedClientErrors`` lets the first line of each kind through, then
 suppresses repeats of that kind for ``interval`` seconds and, on the next one
 after that, says how many it held back. What the service itself is doing is
-logged by the service, once per change of state (``partition stalled`` /
-``partition resumed``); the attempts are counted in
+logged by the service, once per change of state (``partition_stalled`` /
+``partition_resumed``); the attempts are counted in
 ``invoice_sm_broker_retries_total``.
 
 A "kind" is the logger name plus the message template with digits removed,

@@ -425,7 +425,10 @@ def configure_logging(
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
-    """A structlog logger; ``name`` (usually ``__name__``) is logged as ``logger``.
+    """A structlog logger; ``name`` is logged as ``logger``.
+
+    The service's loggers are named ``invoice_sm.<role>`` (``invoice_sm.processor``,
+    ``invoice_sm.wechat``): one prefix to filter on, apart from the libraries' names.
 
     Safe to call at import time: the logger is a lazy proxy that takes the
     configuration in force when it is first used.

@@ -16,10 +16,12 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     events_total{outcome}                 accepted|unchanged|duplicate|rejected|dlq
     dlq_total{reason}
     batches_total, batch_seconds          per processed batch, processing + commit
-    deliveries_total{result}              delivered|already_applied|conflict|failed
+    wechat_reports_total{legal}           WeChat status reports decided (not duplicates): true|false,
+                                          false = the move was illegal from our state, a divergence
+    deliveries_total{result}              delivered|already_applied|conflict|failed (domain.delivery.DeliveryResult)
     delivery_attempts_total{kind}         first|retry
     delivery_queue_depth, deliveries_in_flight
-    wechat_calls_total{errcode_class}     ok|token|transient|quota|conflict|permanent|network
+    wechat_calls_total{errcode_class}     ok|token|transient|quota|conflict|permanent (domain.wechat_errors.ErrorClass)|network
     wechat_latency_seconds                one updatestatus HTTP call
     consumer_lag{group,topic,partition}
     restore_records_total{partition}, restore_seconds{partition}, restore_in_progress
@@ -49,6 +51,9 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from domain.delivery import DeliveryResult
+from domain.wechat_errors import ErrorClass
+
 __all__ = [
     "ATTEMPT_KINDS",
     "BATCH_BUCKETS",
@@ -58,6 +63,7 @@ __all__ = [
     "METRIC_NAMES",
     "NAMESPACE",
     "NULL_METRICS",
+    "REPORT_LEGALITY",
     "ROLES",
     "STALL_REASONS",
     "WECHAT_LATENCY_BUCKETS",
@@ -68,10 +74,13 @@ __all__ = [
 NAMESPACE: Final = "invoice_sm"
 
 EVENT_OUTCOMES: Final = ("accepted", "unchanged", "duplicate", "rejected", "dlq")
-DELIVERY_RESULTS: Final = ("delivered", "already_applied", "conflict", "failed")
-ERRCODE_CLASSES: Final = ("ok", "token", "transient", "quota", "conflict", "permanent", "network")
+DELIVERY_RESULTS: Final = tuple(result.value for result in DeliveryResult)
+#: every errcode class, and ``network`` for an HTTP or transport failure without an errcode
+ERRCODE_CLASSES: Final = (*(error_class.value for error_class in ErrorClass), "network")
 ATTEMPT_KINDS: Final = ("first", "retry")
 ROLES: Final = ("processor", "deliverer")
+#: ``legal`` label of ``wechat_reports_total``: was the reported move legal from our state?
+REPORT_LEGALITY: Final = ("true", "false")
 STALL_REASONS: Final = ("fenced", "broker_unavailable", "producer_fatal", "txn_timeout", "unauthorized")
 
 # WeChat answers in tens of milliseconds on a good day and the client times
@@ -109,6 +118,13 @@ class Metrics:
             namespace=ns,
             registry=r,
             buckets=BATCH_BUCKETS,
+        )
+        self.wechat_reports_total = Counter(
+            "wechat_reports",
+            "WeChat status reports decided (duplicates aside), by whether the move was legal from our state",
+            ["legal"],
+            namespace=ns,
+            registry=r,
         )
 
         # Deliverer
@@ -217,6 +233,8 @@ class Metrics:
 
         for outcome in EVENT_OUTCOMES:
             self.events_total.labels(outcome)
+        for legal in REPORT_LEGALITY:
+            self.wechat_reports_total.labels(legal)
         for result in DELIVERY_RESULTS:
             self.deliveries_total.labels(result)
         for errcode_class in ERRCODE_CLASSES:
@@ -276,12 +294,13 @@ class NullMetrics(Metrics):
 
 
 #: Every metric attribute of ``Metrics``, in definition order. ``NullMetrics``
-#: nulls exactly these; tests/unit/test_metrics.py keeps the list complete.
+#: nulls exactly these; tests/unit/adapters/test_metrics.py keeps the list complete.
 METRIC_NAMES: Final = (
     "events_total",
     "dlq_total",
     "batches_total",
     "batch_seconds",
+    "wechat_reports_total",
     "deliveries_total",
     "delivery_attempts_total",
     "delivery_queue_depth",

@@ -95,7 +95,7 @@ __all__ = [
     "build_token_provider",
 ]
 
-log = get_logger(__name__)
+log = get_logger("invoice_sm.tokens")
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 DEFAULT_REFRESH_MARGIN_S = 300.0

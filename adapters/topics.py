@@ -35,7 +35,7 @@ from adapters.kafka import broker_errors, client_options, translate
 from adapters.settings import Settings, env_name
 from domain.errors import BrokerError, ConfigurationError
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("invoice_sm.topics")
 
 Cleanup = Literal["delete", "compact"]
 

@@ -56,7 +56,7 @@ from domain.errors import BrokerError, PushRefusedError
 
 __all__ = ["REFUSAL_REASONS", "Publish", "WebhookConfig", "WebhookMetrics", "WebhookServer"]
 
-log = get_logger(__name__)
+log = get_logger("invoice_sm.webhook")
 
 #: ``publish(record)``: put the record on its topic (``record.topic_role``);
 #: returns once the broker acknowledged it, raises ``BrokerError`` otherwise.

@@ -9,17 +9,17 @@ way it can end into the domain's error tree (``domain.errors``)::
 
     answer / failure                                   raised
     errcode 0                                          (returns UpdateResult)
-    40001, 40014, 42001 (token)                        invalidate, retry once; again -> TokenInvalidError
-    -1, 45011, 72036, HTTP 408/429, 2xx non-JSON       TransientWeChatError
+    a token errcode (40001, 40014, 42001)              invalidate, retry once; again -> TokenInvalidError
+    any other errcode                                  its class's error, from ``domain.wechat_errors.ERRCODE_CLASSES``
+                                                       (e.g. 45009 QuotaExhaustedError; unknown: PermanentWeChatError)
+    HTTP 408/429, 2xx non-JSON                         TransientWeChatError
     HTTP 502, 504; any other 5xx after the request
       was written; 2xx JSON without errcode            UnknownResultError (may have been applied)
     other 5xx before the request was written           TransientWeChatError
     ConnectError, ConnectTimeout, PoolTimeout, ProxyError   TransientWeChatError (never sent)
     ReadTimeout, WriteTimeout, ReadError, WriteError,
       RemoteProtocolError, other transport errors      UnknownResultError (may have been applied)
-    45009                                              QuotaExhaustedError
-    72023, 72024, 72039                                ConflictError
-    anything else, other HTTP 4xx                      PermanentWeChatError
+    other HTTP 4xx                                     PermanentWeChatError
 
 Errors that carry no WeChat errcode (HTTP and transport failures) use
 errcode -1 and set ``http_status`` when there was an answer; the exception's
@@ -73,30 +73,19 @@ from adapters.tokens import (
     build_token_provider,
 )
 from domain.errors import (
-    ConflictError,
     PermanentWeChatError,
-    QuotaExhaustedError,
-    TokenInvalidError,
     TransientWeChatError,
     UnknownResultError,
     WeChatError,
 )
 from domain.status import ReimburseStatus
-from domain.wechat_errors import ErrorClass, classify
+from domain.wechat_errors import ErrorClass, classify, wechat_error
 
 __all__ = ["UPDATESTATUS_PATH", "UpdateResult", "WeChatClient", "new_http_client", "redact_url"]
 
-log = get_logger(__name__)
+log = get_logger("invoice_sm.wechat")
 
 UPDATESTATUS_PATH: Final = "/card/invoice/platform/updatestatus"
-
-_ERROR_FOR_CLASS: Final[dict[ErrorClass, type[WeChatError]]] = {
-    ErrorClass.TOKEN: TokenInvalidError,
-    ErrorClass.TRANSIENT: TransientWeChatError,
-    ErrorClass.QUOTA: QuotaExhaustedError,
-    ErrorClass.CONFLICT: ConflictError,
-    ErrorClass.PERMANENT: PermanentWeChatError,
-}
 
 # Failures before any byte of the request reached WeChat: safe to resend.
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
@@ -276,7 +265,7 @@ class WeChatClient:
                 token = await self._tokens.get(appid)
                 refreshed = True
                 continue
-            raise _ERROR_FOR_CLASS[error_class](errcode, errmsg, http_status=http_status)
+            raise wechat_error(errcode, errmsg, http_status=http_status)
 
     def _url_for(self, token: AccessToken) -> httpx.URL:
         value, url = self._token_url

@@ -597,7 +597,7 @@ def outcome_bytes(decision: Decision, record: object, processed_at: str, key: st
     state = decision.state
     upstream = event.origin is _UPSTREAM
     # Positional, in field order: msgspec parses keywords at a cost of a
-    # third of this function. tests/unit/test_wire.py pins the field order.
+    # third of this function. tests/unit/adapters/test_wire.py pins the field order.
     data = OutcomeData(
         event.card_id,
         event.code,

@@ -514,7 +514,7 @@ async def run_deliverer(
 
     ``processes`` > 1: that many deliverer children in one consumer group,
     each with ``concurrency / processes`` calls in flight (the same total),
-    started together; they are all in the group (partitions assigned) before
+    started together; they are all in the group (``partitions_assigned``) before
     the outcomes are published, so no rebalance falls inside the window.
     CPU per call is the sum over the children."""
     import psutil
@@ -806,7 +806,7 @@ async def latency(
     # event id -> idempotency key of the delivery it must cause (every event is accepted)
     expected = {f"{prefix}-e{i:08d}": f"{card_id}/{code}#{version}" for i, card_id, code, _, version in events}
     try:
-        await processor.wait_for_log('"partitions assigned"', timeout=120)
+        await processor.wait_for_log('"partitions_assigned"', timeout=120)
         if processes == 1:
             await deliverer.wait_for_log("deliverer_partitions_assigned", timeout=120)
         else:

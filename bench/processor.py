@@ -265,7 +265,7 @@ def _batch_stats(log_path: Path) -> dict[str, Any]:
     sizes: list[int] = []
     durations: list[float] = []
     for line in log_path.read_text(errors="replace").splitlines():
-        if '"batch committed"' not in line:
+        if '"batch_committed"' not in line:
             continue
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
@@ -767,7 +767,7 @@ async def rss_one(ctx: BenchContext, n_invoices: int, n_events: int) -> dict[str
     )
     sampler = common.RssSampler(child.pid, interval=0.05).start()
     try:
-        await child.wait_for_log('"partitions assigned"', timeout=300)
+        await child.wait_for_log('"partitions_assigned"', timeout=300)
         await asyncio.sleep(1.0)
         loaded = sampler.mark("loaded")
         log = child.log_text()

@@ -73,6 +73,9 @@ from domain.status import DELIVERABLE_OUTCOME_TYPES, Origin, OutcomeType
 
 log = structlog.get_logger("invoice_sm.deliverer")
 
+#: Beyond the calls in flight, what a revocation needs to commit (a transaction).
+REVOKE_COMMIT_MARGIN_S = 30.0
+
 
 class Deliverer(ConsumerRebalanceListener):
     """The ``deliver`` command: a consumer group, partition lanes, workers."""
@@ -91,6 +94,9 @@ class Deliverer(ConsumerRebalanceListener):
         self.calls: Calls | None = None
         self.ready_flag = asyncio.Event()
         self._fatal: BaseException | None = None
+        #: lanes being closed by a revocation (the shutdown waits for them)
+        self._closing: set[asyncio.Future[None]] = set()
+        self._stopping = False
 
     @property
     def counts(self) -> dict[str, int]:
@@ -100,7 +106,16 @@ class Deliverer(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         gone = [self.lanes.pop(tp) for tp in revoked if tp in self.lanes]
-        await self._close(gone)
+        # Tracked: a shutdown that starts meanwhile finds these lanes gone from
+        # ``self.lanes`` and must still wait for their calls and commits before
+        # it stops the workers (a cancelled call may still land at WeChat).
+        closing = asyncio.ensure_future(self._close(gone))
+        self._closing.add(closing)
+        try:
+            await asyncio.shield(closing)
+        finally:
+            if closing.done():
+                self._closing.discard(closing)
         if gone:
             log.info("deliverer_partitions_revoked", partitions=sorted(lane.partition for lane in gone))
         self._gauge_assigned()
@@ -113,7 +128,10 @@ class Deliverer(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         new = [tp for tp in assigned if tp not in self.lanes]
-        if not new:
+        if not new or self._stopping:
+            # A rebalance that completes while the consumer is leaving: taking
+            # the partitions would write ``open`` markers nobody closes (the
+            # next owner would wait as after a crash) and leak their producers.
             return
         try:
             assert self.consumer is not None and self.calls is not None
@@ -188,6 +206,15 @@ class Deliverer(ConsumerRebalanceListener):
     # -- committer
 
     async def committer(self, stop: asyncio.Event) -> None:
+        """Commit every lane each interval until ``stop``.
+
+        The shutdown does not cancel it: cancelling ``commit`` between
+        ``begin_transaction`` and ``commit_transaction`` would leave the
+        lane's producer in a transaction, and the ``closed`` marker commit
+        of the shutdown would then fail. Instead it checks ``stop`` between
+        commits and returns; the shutdown awaits that, and ``close`` commits
+        whatever is left.
+        """
         interval = self.settings.delivery_commit_interval_ms / 1000
         deliveries = lambda: self.partitions.get(self.settings.topic_deliveries, 1)  # noqa: E731  # read after start
         calls = self.calls
@@ -196,6 +223,8 @@ class Deliverer(ConsumerRebalanceListener):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             for lane in list(self.lanes.values()):
+                if stop.is_set():
+                    return
                 if lane.calling:
                     await delivery_commit.commit(self.settings, self.group_id, lane, deliveries())
                     released, lane.released = lane.released, []
@@ -203,6 +232,30 @@ class Deliverer(ConsumerRebalanceListener):
                         calls.resume(job)
                     self._flow_control(lane)
             self._gauges()
+
+    async def close_lanes(self, stop: asyncio.Event, committer: asyncio.Task[None]) -> None:
+        """The shutdown's commits: stop the committer, then close every lane
+        (calls end, their work and the ``closed`` marker are committed).
+
+        The committer is not cancelled: a commit in progress ends (committed
+        or aborted, bounded by the client's timeouts) and the loop returns
+        before the next one (see ``committer``). ``asyncio.wait``, unlike
+        ``gather``, does not pass a cancellation of this shutdown on to it.
+        Lanes a concurrent revocation is closing are waited for too: stopping
+        the workers under them would cancel calls in flight, and their
+        ``closed`` marker would let the next owner call at once.
+        """
+        stop.set()
+        self._stopping = True
+        await asyncio.wait({committer})
+        if not committer.cancelled() and committer.exception() is not None:
+            log.error("deliverer_committer_failed", error=repr(committer.exception()))
+        gone, self.lanes = list(self.lanes.values()), {}
+        await self._close(gone)
+        # Lanes a revocation is closing right now: the workers stop only after them.
+        while self._closing:
+            await asyncio.wait(set(self._closing))
+            self._closing = {f for f in self._closing if not f.done()}
 
     def _gauges(self) -> None:
         lanes = list(self.lanes.values())
@@ -280,6 +333,14 @@ class Deliverer(ConsumerRebalanceListener):
                 group_id=self.group_id,
                 session_timeout_ms=settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
+                # A revocation waits for the calls in flight (shutdown order), up to
+                # the takeover wait; aiokafka's default (the session timeout) would
+                # expel a member still waiting, fence its lanes and have the next
+                # owner repeat the calls it finished but could not commit.
+                rebalance_timeout_ms=max(
+                    settings.kafka_session_timeout_ms,
+                    int((delivery_commit.takeover_wait_s(settings) + REVOKE_COMMIT_MARGIN_S) * 1000),
+                ),
                 # read_committed: a fetch parked at the broker is not woken when a transaction
                 # commits, so aiokafka's default 500 ms wait became delivery latency.
                 fetch_max_wait_ms=50,
@@ -305,14 +366,12 @@ class Deliverer(ConsumerRebalanceListener):
                         # still own the partitions; leaving the group comes after
                         # (kafka.started's exit), so no next owner overlaps a call.
                         self.ready_flag.clear()
-                        stop.set()
-                        committer.cancel()
-                        await asyncio.gather(committer, return_exceptions=True)
-                        gone, self.lanes = list(self.lanes.values()), {}
-                        await self._close(gone)
+                        await self.close_lanes(stop, committer)
                         await workers.stop()
                         log.info("deliverer_stopped", **self.counts)
             finally:
+                # Still running here only if the consumer never started (no
+                # lane to commit) or this shutdown was itself cancelled.
                 committer.cancel()
                 await workers.stop()
                 if feed is not None:

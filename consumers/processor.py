@@ -50,6 +50,7 @@ from domain.errors import (
     TransactionTimedOutError,
 )
 from domain.model import Decision, DecisionKind, LifecycleEvent
+from domain.status import Origin
 
 log = structlog.get_logger("invoice_sm.processor")
 
@@ -139,6 +140,8 @@ class BatchStats:
     dlq_truncated: int = 0
     by_kind: dict[DecisionKind, int] = field(default_factory=lambda: dict.fromkeys(DecisionKind, 0))
     dlq_reasons: dict[str, int] = field(default_factory=dict)
+    #: WeChat reports decided (duplicates aside), by ``legal``: ``False`` is a divergence.
+    wechat_reports: dict[bool, int] = field(default_factory=dict)
 
 
 class PartitionWorker:
@@ -252,6 +255,8 @@ class PartitionWorker:
         check = settings.validate_produced
         for record, (decision, state) in zip(decided.records, decided.decisions, strict=True):
             by_kind[decision.kind] += 1
+            if decision.event.origin is Origin.WECHAT and decision.kind is not DecisionKind.DUPLICATE:
+                stats.wechat_reports[decision.legal] = stats.wechat_reports.get(decision.legal, 0) + 1
             key = record.key
             outcome = encode_outcome(decision, record, now, decision.event.key)
             if not batch.append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
@@ -346,7 +351,7 @@ class PartitionWorker:
         await self.replace_producer(reason)
         position = (await self.processor.take_ownership({self.tp: self}))[self.tp]
         self.processor.seek(self.tp, position)
-        log.info("partition taken over again", partition=self.tp.partition, reason=reason, position=position)
+        log.info("partition_retaken", partition=self.tp.partition, reason=reason, position=position)
 
     async def _abort(self) -> bool:
         """Abort the open transaction; ``False`` when the producer could not."""
@@ -379,7 +384,7 @@ class PartitionWorker:
             gauge.labels("processor", partition, self.stall).set(0)
         if reason is None:
             log.info(
-                "partition resumed",
+                "partition_resumed",
                 partition=self.tp.partition,
                 was=self.stall,
                 attempts=self._attempts,
@@ -390,7 +395,7 @@ class PartitionWorker:
             if self.stall is None:
                 self._stalled_since = time.monotonic()
             gauge.labels("processor", partition, reason).set(1)
-            log.warning("partition stalled", partition=self.tp.partition, reason=reason, error=str(error), alert=True)
+            log.warning("partition_stalled", partition=self.tp.partition, reason=reason, error=str(error), alert=True)
         self.stall = reason
 
     async def close(self) -> None:
@@ -464,7 +469,7 @@ class Processor(ConsumerRebalanceListener):
     def observe_batch(self, tp: TopicPartition, records: Sequence[ConsumerRecord], stats: BatchStats, seconds: float) -> None:
         self.processed += stats.records
         log.info(
-            "batch committed",
+            "batch_committed",
             partition=tp.partition,
             first_offset=records[0].offset,
             last_offset=records[-1].offset,
@@ -480,6 +485,8 @@ class Processor(ConsumerRebalanceListener):
         for kind, n in stats.by_kind.items():
             if n:
                 m.events_total.labels(outcome=kind.value).inc(n)
+        for legal, n in stats.wechat_reports.items():
+            m.wechat_reports_total.labels(legal="true" if legal else "false").inc(n)
         if stats.dlq:
             m.events_total.labels(outcome="dlq").inc(stats.dlq)
             for reason, n in stats.dlq_reasons.items():
@@ -557,7 +564,7 @@ class Processor(ConsumerRebalanceListener):
         gone = [self.workers.pop(tp) for tp in revoked if tp in self.workers]
         await asyncio.gather(*(w.close() for w in gone))
         if gone:
-            log.info("partitions revoked", partitions=sorted(w.tp.partition for w in gone))
+            log.info("partitions_revoked", partitions=sorted(w.tp.partition for w in gone))
         self._gauge_assigned()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -587,7 +594,7 @@ class Processor(ConsumerRebalanceListener):
         for worker in self.workers.values():
             if worker.states is not None:
                 worker.states.resize(share)
-        log.info("partitions assigned", partitions=sorted(tp.partition for tp in new), cache_per_partition=share)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in new), cache_per_partition=share)
         self._gauge_assigned()
 
     def _gauge_assigned(self) -> None:
@@ -620,7 +627,7 @@ class Processor(ConsumerRebalanceListener):
         self.consumer = consumer
         consumer.subscribe([settings.topic_events], listener=self)
         async with kafka.started(consumer):
-            log.info("processor started", group=self.group_id, topic=settings.topic_events)
+            log.info("processor_started", group=self.group_id, topic=settings.topic_events)
             self.ready.set()
             try:
                 await kafka.pipeline_partitions(
@@ -636,7 +643,7 @@ class Processor(ConsumerRebalanceListener):
                 self.ready.clear()
                 # stop() does not call on_partitions_revoked: finish and close here.
                 await self.on_partitions_revoked(list(self.workers))
-                log.info("processor stopped", processed=self.processed)
+                log.info("processor_stopped", processed=self.processed)
 
 
 def observe_lag(metrics: Metrics, consumer: AIOKafkaConsumer | None, group: str, tp: TopicPartition, position: int) -> None:
@@ -678,7 +685,7 @@ async def restore_states(
                 store = states[p].store
                 checkpoint = store.changelog_offset
                 if checkpoint is not None and not r.log_start <= checkpoint <= r.end:
-                    log.warning("state store does not match the changelog; rebuilding", partition=p, checkpoint=checkpoint)
+                    log.warning("state_store_rebuilt", reason="checkpoint_outside_changelog", partition=p, checkpoint=checkpoint)
                     store.wipe()
                     checkpoint = None
                 states[p].clear_cache()
@@ -700,7 +707,7 @@ async def restore_states(
     for p in restored:
         metrics.restore_seconds.labels(partition=str(p)).set(seconds)
     log.info(
-        "state restored",
+        "state_restored",
         partitions=sorted(states),
         records=sum(restored.values()),
         seconds=round(seconds, 3),

@@ -7,8 +7,10 @@ module only carries it out:
 1. **rebuild**: ``consumers.replay.replay`` of ``invoice.events`` from the
    beginning, through the processor's own decisions;
 2. **read** ``invoice.state``, ``invoice.deliveries`` and ``invoice.outcomes``
-   to their ends; ``EvidenceIndex`` turns their records into the domain's
-   ``Evidence``, one per invoice;
+   to their ends, and the deliverer's waiting room
+   (``invoice.deliveries.waiting``, through ``adapters.waiting_room``);
+   ``EvidenceIndex`` turns their records into the domain's ``Evidence``, one
+   per invoice (waiting deliveries are reported, not counted as differences);
 3. **ask WeChat**, when it can be asked (``--wechat-sim-url``:
    ``adapters.wechat_sim_client``, one request per card);
 4. ``domain.reconcile.build_report``;
@@ -29,7 +31,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from adapters import kafka, topics, wire
+from adapters import kafka, topics, waiting_room, wire
 from adapters.metrics import NULL_METRICS, Metrics
 from adapters.settings import Settings, env_name
 from adapters.wechat_sim_client import CardQuery, card_statuses
@@ -44,6 +46,7 @@ from domain.reconcile import (
     FinalDelivery,
     ReconcileReport,
     RepairPlan,
+    WaitingDelivery,
     build_report,
 )
 from domain.status import Origin, OutcomeType, ReimburseStatus
@@ -145,6 +148,23 @@ class EvidenceIndex:
         elif outcome.type == OutcomeType.REPAIR.value and data.idempotency_key:
             self._get(invoice_key(data.card_id, data.code)).repairs.add(data.idempotency_key)
 
+    def add_waiting(self, partition: int, entry: waiting_room.WaitingEntry) -> None:
+        """A live entry of the waiting room (as ``waiting_room.read_rooms`` leaves them)."""
+        self._get(invoice_key(entry.card_id, entry.code)).waiting.append(
+            WaitingDelivery(
+                idempotency_key=entry.idempotency_key,
+                version=entry.version,
+                reimburse_status=entry.reimburse_status,
+                appid=entry.appid,
+                reason=entry.reason,
+                waiting_since=datetime.fromtimestamp(entry.waiting_since, UTC),
+                resume_at=datetime.fromtimestamp(entry.resume_at, UTC),
+                attempts=entry.attempts,
+                partition=partition,
+                repair=entry.repair,
+            )
+        )
+
 
 def repair_outcome(plan: RepairPlan, now: str) -> wire.OutcomeEvent:
     """The ``invoice.status.repair`` outcome that carries ``plan`` to the deliverer."""
@@ -177,6 +197,15 @@ async def _read_into(settings: Settings, topic: str, add: Callable[[_Record], No
     async for records in kafka.read_to_end(settings, topic):
         for record in records:
             add(record)
+
+
+async def _read_waiting(settings: Settings, index: EvidenceIndex) -> None:
+    """Every partition of the waiting room as of its end (none if the topic does not exist yet)."""
+    partitions = await kafka.partitions_of(settings, settings.topic_delivery_waiting)
+    rooms = await waiting_room.read_rooms(settings, partitions)
+    for partition, room in sorted(rooms.items()):
+        for entry in room.entries.values():
+            index.add_waiting(partition, entry)
 
 
 async def _ask_wechat(base_url: str, cards: list[CardQuery], *, progress: bool) -> dict[str, ReimburseStatus | None]:
@@ -269,6 +298,7 @@ async def reconcile(
         _read_into(settings, settings.topic_state, index.add_state_record),
         _read_into(settings, settings.topic_deliveries, index.add_delivery_record),
         _read_into(settings, settings.topic_outcomes, index.add_outcome_record),
+        _read_waiting(settings, index),
     )
     unchecked = 0
     if wechat_sim_url:
@@ -304,6 +334,7 @@ async def reconcile(
         differences=len(report.differences),
         enqueued=report.enqueued,
         pending=len(report.pending),
+        waiting=report.waiting.deliveries,
         seconds=round(report.seconds, 3),
         **{k: n for k, n in report.counts.items() if n},
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -213,6 +214,7 @@ def print_reconcile_report(report: ReconcileReport, console: Any = None, *, exam
         for d in items[:examples]:
             table.add_row(d.key, "" if d.partition is None else str(d.partition), d.expected or "", d.observed or "", d.detail)
         console.print(table)
+    _print_waiting(report, console, examples=examples)
     for title, plans in (
         ("repairs enqueued" if report.repair_requested else "repairs --repair would enqueue", report.repairs),
         ("repairs still pending (not sent again)", report.pending),
@@ -235,11 +237,63 @@ def print_reconcile_report(report: ReconcileReport, console: Any = None, *, exam
         console.print(f"- {note}")
 
 
+def _print_waiting(report: ReconcileReport, console: Any, *, examples: int) -> None:
+    """The deliverer's waiting room: counts by reason, then the longest-waiting
+    invoices (partition and next try are in the JSON report)."""
+    from rich.table import Table
+
+    waiting = report.waiting
+    if not waiting.invoices:
+        return
+    counts = Table(
+        title=f"waiting deliveries (delayed, not differences): {waiting.deliveries:,} in {len(waiting.invoices):,} invoices",
+        title_justify="left",
+    )
+    counts.add_column("reason", style="bold")
+    counts.add_column("deliveries", justify="right")
+    for reason, n in waiting.by_reason.items():
+        counts.add_row(reason, f"{n:,}", style=None if n else "dim")
+    console.print(counts)
+    shown = waiting.invoices[:examples]
+    table = Table(title=f"waiting invoices, longest first (first {len(shown)})", title_justify="left")
+    for name in ("invoice", "appid", "reason", "versions", "waiting since", "for"):
+        table.add_column(name, overflow="fold")
+    for invoice in shown:
+        table.add_row(
+            invoice.key,
+            invoice.appid,
+            invoice.reason,
+            ", ".join(f"v{v}" for v in invoice.versions),
+            _moment(invoice.since),
+            _duration((waiting.now - invoice.since).total_seconds()),
+        )
+    console.print(table)
+
+
+def _moment(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _reconcile_notes(report: ReconcileReport) -> list[str]:
     notes = []
     unrepairable = report.counts["unrepairable"]
     if report.in_flight:
         notes.append(f"{report.in_flight:,} invoices have a delivery in flight (not counted as differences)")
+    if report.waiting.invoices:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in report.waiting.by_reason.items() if n)
+        notes.append(
+            f"{len(report.waiting.invoices):,} invoices have deliveries waiting in the deliverer's waiting room "
+            f"({reasons}; not counted as differences: they are delayed, not lost)"
+        )
     if report.wechat_asked and report.wechat_unchecked:
         notes.append(f"{report.wechat_unchecked:,} cards not asked (no appid in state nor INVOICE_SM_WECHAT_APPID)")
     elif not report.wechat_asked:

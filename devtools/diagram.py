@@ -28,13 +28,26 @@ README_END = "<!-- lifecycle-diagram:end -->"
 DEFAULT_MMD = PROJECT_ROOT / "docs" / "lifecycle.mmd"
 DEFAULT_README = PROJECT_ROOT / "README.md"
 
+#: Not drawn from the Machine, which holds only the moves upstream may ask
+#: for: a WeChat report (domain/decide.py) moves the card from any status to
+#: the reported one. A mermaid note, so it adds no state and no edge.
+WECHAT_NOTE = """\
+  %% Added by devtools/diagram.py, not drawn from the Machine: the WeChat path.
+  note left of INVOICE_REIMBURSE_INIT
+    WeChat report (invoice.wechat.status_reported, origin wechat)
+    any status -> the reported status, version + 1
+    legal when the Machine has that move, otherwise a divergence (legal false, alerted)
+    never sent back to WeChat, the same status again is unchanged
+  end note
+"""
+
 
 class MalformedMarkersError(ValueError):
     """The README has one marker without the other, or them in the wrong order."""
 
 
 def lifecycle_mermaid() -> str:
-    """The lifecycle as a mermaid ``stateDiagram-v2``, drawn by ``GraphMachine``."""
+    """The lifecycle as a mermaid ``stateDiagram-v2``, drawn by ``GraphMachine``, and ``WECHAT_NOTE``."""
     from transitions.extensions.diagrams import GraphMachine
 
     from domain.lifecycle import build_machine
@@ -48,7 +61,8 @@ def lifecycle_mermaid() -> str:
     source: str = machine.graph_cls(machine).get_graph().draw(None)
     # transitions indents blank lines; editors strip trailing blanks, which
     # would make the checked-in copy look stale.
-    return "".join(line.rstrip() + "\n" for line in source.splitlines())
+    drawn = "".join(line.rstrip() + "\n" for line in source.splitlines())
+    return f"{drawn}\n{WECHAT_NOTE}"
 
 
 def readme_block(mermaid: str) -> str:

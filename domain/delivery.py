@@ -152,7 +152,12 @@ def after_failure(
     policy: DeliveryPolicy,
 ) -> Step:
     """The step after a failed call. ``attempts`` counts this call;
-    ``waiting_since`` is when the job first waited (``None``: never)."""
+    ``waiting_since`` is when the job first waited (``None``: never).
+
+    One branch per errcode class of ``domain.wechat_errors.ERRCODE_CLASSES``
+    (and per failure that is not an errcode). A class is told apart by its
+    error type; a new class that shares its type with another is told apart
+    by ``error.error_class``, in a branch above that type's."""
     if isinstance(error, UnknownResultError):
         return _retry_or_wait(attempts, True, now, jitter, policy)
     if isinstance(error, TokenInvalidError):  # the client refreshed once already

@@ -93,12 +93,17 @@ class AccessDeniedError(BrokerError):
 
 
 class WeChatError(InvoiceSmError):
-    """WeChat answered with an errcode other than 0, or could not be reached."""
+    """WeChat answered with an errcode other than 0, or could not be reached.
 
-    def __init__(self, errcode: int, errmsg: str, *, http_status: int | None = None) -> None:
+    ``error_class`` is the errcode's class (a ``domain.wechat_errors.ErrorClass``)
+    when the error stands for an errcode answer (``wechat_error``), else ``None``.
+    """
+
+    def __init__(self, errcode: int, errmsg: str, *, http_status: int | None = None, error_class: str | None = None) -> None:
         self.errcode = errcode
         self.errmsg = errmsg
         self.http_status = http_status
+        self.error_class = error_class
         super().__init__(f"errcode={errcode} errmsg={errmsg}")
 
 

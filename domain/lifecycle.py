@@ -5,7 +5,7 @@ drawn from it (``invoice-sm diagram``) and the hot path uses ``LEGAL_MOVES``,
 a ``(from, to) -> trigger`` table compiled from ``MACHINE.events``. A trigger
 on the shared machine costs about 9 µs, a dict lookup about 0.1 µs; a
 Machine or ``add_model`` per invoice would cost 460 µs and O(n) memory per
-invoice. ``tests/unit/test_lifecycle.py`` proves table and machine agree on
+invoice. ``tests/unit/domain/test_lifecycle.py`` proves table and machine agree on
 every (state, trigger) pair.
 """
 

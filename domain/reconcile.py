@@ -21,17 +21,26 @@ conflict, is ``unrepairable`` instead.
 
 Accepted outcomes younger than ``grace_s`` without a final delivery record
 are *in flight*, not missing: the deliverer is working on them.
+
+Deliveries in the deliverer's waiting room (``invoice.deliveries.waiting``:
+a quota, credentials or a long backoff of their account) are *waiting*, and
+so are the later versions of their invoice, which the deliverer holds behind
+them: delayed, never dropped (ARCHITECTURE.md, guarantee 4), so not
+differences either, however long they wait. The report lists them per
+invoice with their reason and since when (``summarise_waiting``); a wait
+that ends in a final ``failed`` record (``no_credentials`` after its
+timeout) is a ``delivery_failed`` difference like any other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from domain.delivery import DeliveryResult
+from domain.delivery import DeliveryResult, WaitReason
 from domain.lifecycle import LEGAL_MOVES
 from domain.model import InvoiceState, idempotency_key, invoice_key
 from domain.status import Origin, ReimburseStatus
@@ -151,6 +160,41 @@ class FinalDelivery:
     repair: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class WaitingDelivery:
+    """A delivery in the deliverer's waiting room: owed, delayed, not final."""
+
+    idempotency_key: str
+    version: int
+    reimburse_status: ReimburseStatus
+    appid: str
+    reason: WaitReason
+    #: when it first waited, and when the deliverer tries it again
+    waiting_since: datetime
+    resume_at: datetime
+    attempts: int = 0
+    #: the partition of the room (and of the outcome it came from)
+    partition: int | None = None
+    repair: bool = False
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {
+            "idempotency_key": self.idempotency_key,
+            "version": self.version,
+            "reimburse_status": str(self.reimburse_status),
+            "reason": str(self.reason),
+            "waiting_since": _iso(self.waiting_since),
+            "waiting_s": round(max(0.0, (now - self.waiting_since).total_seconds()), 1),
+            "resume_at": _iso(self.resume_at),
+            "attempts": self.attempts,
+            "repair": self.repair,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass
 class Evidence:
     """Everything known about one invoice, from every source.
@@ -170,6 +214,8 @@ class Evidence:
     deliveries: list[FinalDelivery] = field(default_factory=list)
     #: Idempotency keys of the repair outcomes already enqueued.
     repairs: set[str] = field(default_factory=set)
+    #: Deliveries in the waiting room (committed entries), any order.
+    waiting: list[WaitingDelivery] = field(default_factory=list)
     wechat_asked: bool = False
     wechat: ReimburseStatus | None = None
 
@@ -266,6 +312,8 @@ class Verdict:
     repair: RepairPlan | None = None
     repair_status: RepairStatus = RepairStatus.NONE
     in_flight: bool = False
+    #: the invoice's deliveries in the waiting room (its current version waits behind them)
+    waiting: list[WaitingDelivery] = field(default_factory=list)
 
 
 def examine(ev: Evidence, *, now: datetime, grace_s: float = 30.0, default_appid: str = "") -> Verdict:
@@ -313,14 +361,26 @@ def examine(ev: Evidence, *, now: datetime, grace_s: float = 30.0, default_appid
     def key_of(v: int) -> str:
         return idempotency_key(ev.card_id, ev.code, v)
 
+    # The first waiting version holds every later one of the invoice (order is kept).
+    waiting = [w for w in ev.waiting if w.idempotency_key not in finals]
+    held_from = min((w.version for w in waiting), default=None)
+
+    def held(v: int) -> bool:
+        return held_from is not None and v >= held_from and key_of(v) not in finals
+
     def in_flight(v: int) -> bool:
+        if held(v):
+            return True
         accepted = ev.accepted.get(v)
         if accepted is None or accepted.processed_at is None or key_of(v) in finals:
             return False
         return (now - accepted.processed_at).total_seconds() < grace_s
 
-    current_in_flight = version > 0 and in_flight(version)
-    verdict.in_flight = current_in_flight
+    verdict.waiting = waiting
+    # A waiting invoice is judged like one in flight: the deliverer still owes it
+    # its current status, so WeChat lagging behind is no difference and no repair.
+    current_in_flight = bool(waiting) or (version > 0 and in_flight(version))
+    verdict.in_flight = current_in_flight and not waiting
     reported = {v for v, a in ev.accepted.items() if a.origin is Origin.WECHAT}
     owed = (set(ev.accepted) | ({version} if version > 0 else set())) - reported
     missing = sorted(v for v in owed if v > repaired_through and key_of(v) not in finals and not in_flight(v))
@@ -406,6 +466,114 @@ def examine(ev: Evidence, *, now: datetime, grace_s: float = 30.0, default_appid
     return verdict
 
 
+# ------------------------------------------------------------------ waiting
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingInvoice:
+    """One invoice's deliveries in the waiting room, in version order. The
+    first one says why the invoice waits; the others are ``behind`` it."""
+
+    key: str
+    deliveries: tuple[WaitingDelivery, ...]
+
+    @property
+    def head(self) -> WaitingDelivery:
+        return self.deliveries[0]
+
+    @property
+    def reason(self) -> WaitReason:
+        return self.head.reason
+
+    @property
+    def appid(self) -> str:
+        return self.head.appid
+
+    @property
+    def partition(self) -> int | None:
+        return self.head.partition
+
+    @property
+    def since(self) -> datetime:
+        return min(d.waiting_since for d in self.deliveries)
+
+    @property
+    def versions(self) -> list[int]:
+        return [d.version for d in self.deliveries]
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        card_id, _, code = self.key.partition("/")
+        return {
+            "key": self.key,
+            "card_id": card_id,
+            "code": code,
+            "appid": self.appid,
+            "partition": self.partition,
+            "reason": str(self.reason),
+            "waiting_since": _iso(self.since),
+            "waiting_s": round(max(0.0, (now - self.since).total_seconds()), 1),
+            "resume_at": _iso(self.head.resume_at),
+            "versions": self.versions,
+            "deliveries": [d.to_json(now) for d in self.deliveries],
+        }
+
+
+@dataclass(frozen=True)
+class WaitingSummary:
+    """What waits in the deliverer's waiting room: per invoice, oldest first, and counts."""
+
+    now: datetime
+    invoices: tuple[WaitingInvoice, ...] = ()
+    #: deliveries per ``WaitReason`` (every reason, zero included): as the
+    #: deliverer's ``invoice_sm_deliveries_waiting{reason}`` gauge counts them
+    by_reason: dict[str, int] = field(default_factory=lambda: {str(r): 0 for r in WaitReason})
+    #: deliveries per appid, most first
+    by_appid: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def deliveries(self) -> int:
+        return sum(len(i.deliveries) for i in self.invoices)
+
+    @property
+    def oldest(self) -> datetime | None:
+        return min((i.since for i in self.invoices), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        oldest = self.oldest
+        return {
+            "deliveries": self.deliveries,
+            "invoices": len(self.invoices),
+            "by_reason": dict(self.by_reason),
+            "by_appid": dict(self.by_appid),
+            "oldest_since": None if oldest is None else _iso(oldest),
+            "list": [i.to_json(self.now) for i in self.invoices],
+        }
+
+
+def summarise_waiting(waiting: Iterable[tuple[str, Iterable[WaitingDelivery]]], *, now: datetime) -> WaitingSummary:
+    """Group waiting deliveries by invoice (``(invoice key, deliveries)`` pairs;
+    an invoice named twice is merged), oldest wait first, and count them by
+    reason and by appid."""
+    grouped: dict[str, dict[str, WaitingDelivery]] = {}
+    for key, deliveries in waiting:
+        for d in deliveries:
+            grouped.setdefault(key, {})[d.idempotency_key] = d
+    invoices = [
+        WaitingInvoice(key, tuple(sorted(by_key.values(), key=lambda d: (d.version, d.idempotency_key))))
+        for key, by_key in grouped.items()
+        if by_key
+    ]
+    invoices.sort(key=lambda i: (i.since, i.key))
+    by_reason: dict[str, int] = {str(r): 0 for r in WaitReason}
+    by_appid: dict[str, int] = {}
+    for invoice in invoices:
+        for d in invoice.deliveries:
+            by_reason[str(d.reason)] = by_reason.get(str(d.reason), 0) + 1
+            by_appid[d.appid] = by_appid.get(d.appid, 0) + 1
+    by_appid = dict(sorted(by_appid.items(), key=lambda item: (-item[1], item[0])))
+    return WaitingSummary(now, tuple(invoices), by_reason, by_appid)
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -427,6 +595,8 @@ class ReconcileReport:
     repair_requested: bool = False
     enqueued: int = 0
     seconds: float = 0.0
+    #: deliveries in the waiting room: delayed, not differences
+    waiting: WaitingSummary = field(default_factory=lambda: WaitingSummary(datetime.fromtimestamp(0, UTC)))
 
     @property
     def clean(self) -> bool:
@@ -455,6 +625,7 @@ class ReconcileReport:
             "kinds": {str(k): meaning for k, meaning in DIFFERENCE_KINDS.items()},
             "differences": [d.to_json() for d in self.differences],
             "in_flight": self.in_flight,
+            "waiting": self.waiting.to_json(),
             "repair": {
                 "requested": self.repair_requested,
                 "enqueued": self.enqueued,
@@ -476,12 +647,15 @@ def build_report(
     differences: list[Difference] = []
     repairs: list[RepairPlan] = []
     pending: list[RepairPlan] = []
+    waiting: list[tuple[str, list[WaitingDelivery]]] = []
     invoices = in_flight = 0
     for ev in evidence:
         invoices += 1
         verdict = examine(ev, now=now, grace_s=grace_s, default_appid=default_appid)
         differences.extend(verdict.differences)
         in_flight += verdict.in_flight
+        if verdict.waiting:
+            waiting.append((ev.key, verdict.waiting))
         if verdict.repair is not None:
             (repairs if verdict.repair_status is RepairStatus.ENQUEUE else pending).append(verdict.repair)
     order = {k: i for i, k in enumerate(DifferenceKind)}
@@ -492,5 +666,6 @@ def build_report(
         repairs=repairs,
         pending=pending,
         in_flight=in_flight,
-        checked_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        checked_at=_iso(now),
+        waiting=summarise_waiting(waiting, now=now),
     )

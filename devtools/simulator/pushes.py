@@ -17,7 +17,7 @@ mode, the simulator pushes as WeChat does:
   ``answer_timeout_s`` (5). Every attempt is recorded (``GET /_sim/pushes``).
 
 The signing and encryption are the service's own ``adapters.wechat_crypto``:
-the vectors in ``tests/unit/test_wechat_crypto.py`` pin them to WeChat's
+the vectors in ``tests/unit/adapters/test_wechat_crypto.py`` pin them to WeChat's
 published samples, so the simulator cannot drift into a private dialect.
 """
 

@@ -65,7 +65,7 @@ from devtools.simulator.state import (
     WeChatSimulator,
 )
 
-log = logging.getLogger("simulator")
+log = logging.getLogger("invoice_sm.simulator")
 
 SIM_KEY: web.AppKey[WeChatSimulator] = web.AppKey("wechat_simulator", WeChatSimulator)
 #: Handler tasks sleeping for a latency or timeout fault; cancelled on
@@ -116,7 +116,7 @@ async def _run(
         await _sleep(request, delay)
     outcome = decide(plan.action)
     if plan.action is not None:
-        log.debug("fault %s #%s on %s", plan.action.kind, plan.action.id, request.path)
+        log.debug("fault_injected kind=%s action=%s path=%s", plan.action.kind, plan.action.id, request.path)
     return await _deliver(request, outcome)
 
 

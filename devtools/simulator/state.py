@@ -412,6 +412,13 @@ class WeChatSimulator:
         with self._lock:
             return list(self._overlaps)
 
+    def in_flight(self) -> list[str]:
+        """Idempotency keys of the ``updatestatus`` calls in progress now: arrived,
+        and neither answered nor (unless ``finish_abandoned``) abandoned by their
+        client. One per call, so a key may appear twice."""
+        with self._lock:
+            return [key for keys in self._in_progress.values() for key in keys]
+
     def arrivals(self) -> list[tuple[float, str, str, str]]:
         """``(time, card_id, code, idempotency key)`` of every request, on arrival."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,11 @@ async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
         processor_task = asyncio.create_task(Processor(settings).run(stop))
         log = tmp_path / "deliverer.log"
         deliverer = Service("deliver", settings, log)
+        # Per kill, the calls the simulator had in progress just before and
+        # just after it (the kill waits for the process to die), and when it
+        # was sent and the process was gone.
+        in_flight_at_kills: list[set[str]] = []
+        killed_at: list[tuple[float, float]] = []
         try:
             await produce_events(settings, events)
             for _ in range(kills):
@@ -83,7 +89,11 @@ async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
                 while len(server.sim.calls()) < target:
                     assert deliverer.alive(), deliverer.log_text()[-3000:]
                     await asyncio.sleep(0.05)
+                before = server.sim.in_flight()
+                kill_started = time.time()
                 deliverer.kill()
+                killed_at.append((kill_started, time.time()))
+                in_flight_at_kills.append(set(before) | set(server.sim.in_flight()))
                 deliverer = Service("deliver", settings, log)
             records = await wait_for_count(settings, settings.topic_deliveries, 4 * invoices, timeout=240)
             assert deliverer.terminate() == 0
@@ -118,13 +128,49 @@ async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
         for key, statuses in _statuses_by_key(calls).items():
             assert len(statuses) == 1, key
         repeats = len(calls) - len({c.idempotency_key for c in calls})
-        assert repeats <= kills * concurrency, f"{repeats} repeated calls"
+        assert repeats <= _repeats_within_calls_in_flight_at_kills(calls, in_flight_at_kills, killed_at, concurrency)
         # Each repeat is recorded as what it is: our own earlier call, already applied.
         called = Counter(c.idempotency_key for c in calls)
         results = {d["idempotency_key"]: d["result"] for d in deliveries}
         assert {results[k] for k, n in called.items() if n > 1} <= {"already_applied"}
         assert {results[k] for k, n in called.items() if n == 1} <= {"delivered"}
         assert_no_secrets(log.read_text(), server.sim.issued_secrets())
+
+
+#: How long after the simulator answered a call the killed deliverer may still
+#: not have read the answer (its loop shares two cores with the broker and the
+#: processor; about 20 ms was seen): such a call is in flight for it too.
+UNREAD_ANSWER_S = 0.1
+
+
+def _repeats_within_calls_in_flight_at_kills(
+    calls: list, in_flight_at_kills: list[set[str]], killed_at: list[tuple[float, float]], concurrency: int
+) -> int:
+    """Attributes each repeat of a call to a kill the call was in flight at
+    (one repeat per kill: a killed instance's call is repeated once by the
+    next owner), checks each kill's repeats against what was in flight there
+    (and ``concurrency``), and returns the bound: per kill, the calls in
+    flight (at most ``concurrency``), summed."""
+    # In flight at a kill: in progress at either sample, or answered between them
+    # (sent just before the process died), or answered so shortly before the
+    # kill that the answer was still unread.
+    at_kill = [
+        in_flight | {c.idempotency_key for c in calls if sent - UNREAD_ANSWER_S <= c.time <= gone}
+        for in_flight, (sent, gone) in zip(in_flight_at_kills, killed_at, strict=True)
+    ]
+    per_kill = [0] * len(at_kill)
+    for key, n in Counter(c.idempotency_key for c in calls).items():
+        kills = [i for i, keys in enumerate(at_kill) if key in keys]
+        if len(kills) < n - 1:
+            start = killed_at[0][0]
+            answers = [(round(c.time - start, 3), c.errcode) for c in calls if c.idempotency_key == key]
+            moments = [(round(sent - start, 3), round(gone - start, 3)) for sent, gone in killed_at]
+            raise AssertionError(f"{key} called {n} times, in flight at {len(kills)} kills: answers {answers}, kills {moments}")
+        for i in kills[: n - 1]:
+            per_kill[i] += 1
+    for i, n in enumerate(per_kill):
+        assert n <= min(concurrency, len(at_kill[i])), f"kill {i}: {n} repeats, {len(at_kill[i])} calls in flight"
+    return sum(min(concurrency, len(keys)) for keys in at_kill)
 
 
 def _statuses_by_key(calls: list) -> dict[str, set[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from adapters.settings import Settings
 from consumers.processor import Processor
 from devtools.simulator import SimulatorServer, WeChatSimulator
-from devtools.simulator.state import DEFAULT_ACCOUNTS
+from devtools.simulator.state import DEFAULT_ACCOUNTS, CallRecord
 from domain.status import ReimburseStatus as S
 from tests.factories import APPID, card, event
 from tests.integration.test_delivery_crashes import four_step_lifecycles
@@ -71,14 +72,21 @@ def assert_in_order(arrivals: list[tuple[float, str, str, str]]) -> int:
     return repeats
 
 
+# 40 restarts, each once the new instance owns partitions and calls them (after
+# a kill, only after the takeover wait), then the calls left: about 5 minutes.
+@pytest.mark.timeout(600)
 async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_reorder(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     with SimulatorServer(WeChatSimulator(latency_ms=2000)) as server:
         server.sim.configure(finish_abandoned=True)
-        settings = slow_settings(make_settings, server, tmp_path)
-        n = 400
+        # Eight calls at a time each, and the work split between the phases in
+        # proportion to their length (a kill costs the takeover wait): calls
+        # are under way at every restart and little is left after the last.
+        settings = slow_settings(make_settings, server, tmp_path, delivery_concurrency=8)
+        n = 260
         events = four_step_lifecycles(n, seed=5)
+        for_sigterms, for_kills = events[: len(events) * 45 // 100], events[len(events) * 45 // 100 :]
         stop = asyncio.Event()
         processor_task = asyncio.create_task(Processor(settings).run(stop))
         logs = tmp_path / "logs"
@@ -88,18 +96,27 @@ async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_r
         moving_settings = settings.model_copy(update={"state_dir": tmp_path / "moving"})
         steady = Service("deliver", steady_settings, logs / "steady.log")
         moving = Service("deliver", moving_settings, logs / "moving-0.log")
+        first_kill_at: float | None = None
         try:
-            await produce_events(settings, events)
+            await produce_events(settings, for_sigterms)
             await _calls_at_least(server, 64)
             for i in range(2 * RESTARTS):
                 assert steady.alive(), steady.log_text()[-3000:]
+                if i == RESTARTS:
+                    await produce_events(settings, for_kills)
+                # Stopped only once it owns partitions and calls them: at once
+                # after a clean takeover, after the takeover wait after an unclean one.
+                await _log_line(moving, "deliverer_partition_taken_over")
+                calls_from = max(t["calls_after_s"] for t in _takeovers(moving.log_path))
                 if i < RESTARTS:
+                    await asyncio.sleep(calls_from + 0.5)  # calls in flight, which the SIGTERM lets finish
                     assert moving.terminate(timeout=30) == 0, moving.log_text()[-3000:]  # a rolling restart
                 else:
+                    await asyncio.sleep(calls_from + 2.5)  # a first round of calls ended (2 s each), the next in flight
+                    first_kill_at = first_kill_at or time.time()
                     moving.kill()  # a crash: nothing finishes
                 moving.close()
                 moving = Service("deliver", moving_settings, logs / f"moving-{i + 1}.log")
-                await asyncio.sleep(1.5)
             records = await wait_for_count(settings, settings.topic_deliveries, 4 * n, timeout=240)
             assert moving.terminate() == 0 and steady.terminate() == 0
         finally:
@@ -110,17 +127,66 @@ async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_r
         deliveries = values(records)
         overlaps = server.sim.overlaps()
         arrivals = server.sim.arrivals()
+        calls = [c for c in server.sim.calls() if "updatestatus" in c.path]
+
+    # The restarts were real: the stopped instances owned partitions and called WeChat.
+    stopped = [_instance_log(logs / f"moving-{i}.log") for i in range(2 * RESTARTS)]
+    took_over = sum(1 for s in stopped if s["taken_over"])
+    assert took_over >= RESTARTS, f"only {took_over} of {2 * RESTARTS} restarted instances took a partition over"
+    for phase, instances in (("SIGTERMed", stopped[:RESTARTS]), ("killed", stopped[RESTARTS:])):
+        called = sum(1 for s in instances if s["final"])
+        assert called >= RESTARTS // 2, f"only {called} of {RESTARTS} {phase} instances finished a call"
 
     # No call for an invoice started while another for it was in flight.
     assert overlaps == [], f"{len(overlaps)} overlapping calls, e.g. {overlaps[:3]}"
     repeats = assert_in_order(arrivals)
+    # A repeat comes only from a crash: none while the restarts were SIGTERMs.
+    assert first_kill_at is not None
+    early = [a for a in _repeated_arrivals(arrivals) if a[0] < first_kill_at]
+    assert early == [], f"{len(early)} repeated calls during the SIGTERM restarts, e.g. {early[:3]}"
     # Nothing lost, each delivered once; a repeat after a kill is recorded already_applied.
     keys = Counter(d["idempotency_key"] for d in deliveries)
     assert len(keys) == 4 * n and set(keys.values()) == {1}
     results = Counter(d["result"] for d in deliveries)
     assert set(results) <= {"delivered", "already_applied"}, results
     assert results["already_applied"] <= repeats
+    # ... exactly those whose repeat WeChat answered 72024 (the first call had landed).
+    answered_72024 = {k for k, later in _later_calls(calls).items() if any(c.errcode == 72024 for c in later)}
+    assert {d["idempotency_key"] for d in deliveries if d["result"] == "already_applied"} == answered_72024
+    assert results["already_applied"] == len(answered_72024)
     assert {c.reimburse_status for c in server.sim.cards()} == {S.CLOSURE}
+
+
+def _takeovers(path: Path) -> list[dict]:
+    return [
+        json.loads(line) for line in path.read_text(errors="replace").splitlines() if '"deliverer_partition_taken_over"' in line
+    ]
+
+
+def _instance_log(path: Path) -> dict[str, int]:
+    """What one instance's log says it did: partitions taken over, deliveries finished."""
+    text = path.read_text(errors="replace")
+    return {"taken_over": text.count('"deliverer_partition_taken_over"'), "final": text.count('"delivery_final"')}
+
+
+def _repeated_arrivals(arrivals: list[tuple[float, str, str, str]]) -> list[tuple[float, str, str, str]]:
+    """Arrivals of an idempotency key that had arrived before."""
+    seen: set[str] = set()
+    out = []
+    for arrival in sorted(arrivals):
+        if arrival[3] in seen:
+            out.append(arrival)
+        seen.add(arrival[3])
+    return out
+
+
+def _later_calls(calls: list[CallRecord]) -> dict[str, list[CallRecord]]:
+    """Per idempotency key, every call after its first (in the simulator's order)."""
+    by_key: dict[str, list[CallRecord]] = defaultdict(list)
+    for c in calls:
+        assert c.idempotency_key is not None
+        by_key[c.idempotency_key].append(c)
+    return {k: cs[1:] for k, cs in by_key.items()}
 
 
 async def _calls_at_least(server: SimulatorServer, n: int, timeout: float = 60) -> None:
@@ -172,10 +238,10 @@ async def test_a_partition_back_at_its_old_owner_after_a_crash_elsewhere_records
     calls = [c for c in server.sim.calls() if c.idempotency_key == second[0]["idempotency_key"]]
     assert len(calls) == 2 and calls[0].applied and calls[1].errcode == 72024  # B's call landed; A repeated it
     assert second[0]["result"] == "already_applied", second[0]
-    takeovers = [
-        json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines() if '"deliverer_partition_taken_over"' in line
-    ]
-    assert [t["clean"] for t in takeovers] == [True, False]  # a new group's first owner; then after B's crash
+    assert [t["clean"] for t in _takeovers(tmp_path / "a.log")] == [
+        True,
+        False,
+    ]  # a new group's first owner; then after B's crash
 
 
 async def _log_line(service: Service, text: str, timeout: float = 60) -> None:

@@ -89,5 +89,6 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exposed(
     assert value(exposed, "invoice_sm_restore_seconds") is not None
     assert value(exposed, "invoice_sm_batches_total") is not None
     assert value(exposed, "invoice_sm_restore_in_progress") == 0
+    assert value(exposed, "invoice_sm_wechat_reports_total", legal="false") == 0
     for kind in DIFFERENCE_KINDS:
         assert value(reconciled, "invoice_sm_divergences_total", kind=kind) is not None, kind

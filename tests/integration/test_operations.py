@@ -92,4 +92,4 @@ async def test_metrics_move_health_answers_and_sigterm_stops_cleanly(
     assert "invoice_sm_consumer_lag{" in after
     assert "invoice_sm_restore_seconds{" in after
     log = (tmp_path / "run.log").read_text()
-    assert '"processor stopped"' in log and '"deliverer_stopped"' in log
+    assert '"processor_stopped"' in log and '"deliverer_stopped"' in log

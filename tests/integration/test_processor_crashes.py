@@ -53,15 +53,15 @@ async def test_two_instances_over_six_partitions_decide_each_event_once(crash_se
     a, b = processor(crash_settings, tmp_path, "a"), processor(crash_settings, tmp_path, "b")
     try:
         # Both own partitions before any event exists, so both must do work.
-        await wait_for_log(a, '"partitions assigned"', 1)
-        await wait_for_log(b, '"partitions assigned"', 1)
+        await wait_for_log(a, '"partitions_assigned"', 1)
+        await wait_for_log(b, '"partitions_assigned"', 1)
         await produce_events(crash_settings, events)
         await wait_outcomes(crash_settings, len(events), a, b)
         assert a.terminate() == 0 and b.terminate() == 0
         summary = await assert_exactly_once(crash_settings)
         assert summary["events"] == 20_000
         # Both instances did work: the group really shared the partitions.
-        assert "batch committed" in a.log_text() and "batch committed" in b.log_text()
+        assert "batch_committed" in a.log_text() and "batch_committed" in b.log_text()
     finally:
         a.close()
         b.close()
@@ -75,8 +75,8 @@ async def test_kill_9_mid_stream_and_during_a_rebalance_loses_and_repeats_nothin
     a, b = processor(crash_settings, tmp_path, "a"), processor(crash_settings, tmp_path, "b")
     services = [a, b]
     try:
-        await wait_for_log(a, '"partitions assigned"', 1)
-        await wait_for_log(b, '"partitions assigned"', 1)
+        await wait_for_log(a, '"partitions_assigned"', 1)
+        await wait_for_log(b, '"partitions_assigned"', 1)
         for chunk in chunks[:4]:
             await produce_events(crash_settings, chunk)
         await wait_outcomes(crash_settings, 2000, a, b)
@@ -84,12 +84,12 @@ async def test_kill_9_mid_stream_and_during_a_rebalance_loses_and_repeats_nothin
         for chunk in chunks[4:6]:
             await produce_events(crash_settings, chunk)
         # b takes over a's partitions once a's session expires.
-        await wait_for_log(b, '"partitions assigned"', 2)
-        revoked_before = b.log_text().count('"partitions revoked"')
+        await wait_for_log(b, '"partitions_assigned"', 2)
+        revoked_before = b.log_text().count('"partitions_revoked"')
         a2 = processor(crash_settings, tmp_path, "a")  # same state dir: a store behind the changelog
         services.append(a2)
         # a2 joining makes b give up its partitions: kill b between revoke and assign.
-        await wait_for_log(b, '"partitions revoked"', revoked_before + 1)
+        await wait_for_log(b, '"partitions_revoked"', revoked_before + 1)
         b.kill()  # during the rebalance
         for chunk in chunks[6:]:
             await produce_events(crash_settings, chunk)

@@ -232,6 +232,23 @@ class FakeTransactionalProducer:
         future.set_result(SimpleNamespace(offset=first, topic=topic, partition=partition))
         return future
 
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """One record into the open transaction (the deliverer's owner marker); the future is already done."""
+        await self._call("send")
+        assert self.txn is not None, "send outside a transaction"
+        assert partition is not None, "the fake needs an explicit partition"
+        offset = self.broker.append(topic, partition, key, value, headers or (), txn=self.txn)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(offset=offset, topic=topic, partition=partition))
+        return future
+
     async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
         await self._call("send_offsets_to_transaction")
         assert self.txn is not None

@@ -31,6 +31,7 @@ from domain.errors import (
     UnknownResultError,
     WeChatError,
 )
+from domain.wechat_errors import ERRCODE_CLASSES, ErrorClass, classify, wechat_error
 
 POLICY = DeliveryPolicy(max_backoff_s=30.0, park_after_s=5.0, credential_park_s=60.0, no_credentials_timeout_s=600.0)
 #: 2026-12-02 10:00:30 UTC = 18:00:30 in China
@@ -151,6 +152,28 @@ def test_every_failure_class_has_its_step(error, attempts, possibly_applied, exp
         assert (got.reason, got.scope, got.possibly_applied) == (expected.reason, expected.scope, expected.possibly_applied)
         return
     assert got == expected
+
+
+@pytest.mark.parametrize("error_class", list(ERRCODE_CLASSES))
+def test_every_errcode_class_raises_its_error_and_has_a_row_above(error_class: ErrorClass) -> None:
+    """Adding an errcode class: its row in ERRCODE_CLASSES, its branch in after_failure, its row in TABLE."""
+    row = ERRCODE_CLASSES[error_class]
+    for code in row.codes or {99999}:  # PERMANENT lists no codes: it is every unknown one
+        error = wechat_error(code, "what WeChat said", http_status=200)
+        assert classify(code) is error_class
+        assert type(error) is row.error and error.error_class == error_class
+        assert isinstance(step(error), Final | Retry | Wait)
+    assert any(type(error) is row.error and classify(error.errcode) is error_class for error, *_ in TABLE), (
+        f"no row of TABLE says what {error_class} leads to"
+    )
+
+
+def test_no_errcode_is_in_two_classes_and_zero_is_in_none() -> None:
+    codes = [code for row in ERRCODE_CLASSES.values() for code in row.codes]
+    assert len(codes) == len(set(codes)) and 0 not in codes
+    assert ErrorClass.OK not in ERRCODE_CLASSES and classify(0) is ErrorClass.OK
+    with pytest.raises(ValueError, match="errcode 0"):
+        wechat_error(0, "ok")
 
 
 def test_no_credentials_ends_after_the_bounded_time() -> None:

@@ -8,17 +8,19 @@ from typing import Any
 import msgspec
 import pytest
 
-from domain.delivery import DeliveryResult
+from domain.delivery import DeliveryResult, WaitReason
 from domain.model import InvoiceState, idempotency_key
 from domain.reconcile import (
     Accepted,
     Evidence,
     FinalDelivery,
+    WaitingDelivery,
     build_report,
     examine,
     repair_key,
     same_state,
     state_differences,
+    summarise_waiting,
 )
 from domain.status import ReimburseStatus as S
 
@@ -291,3 +293,109 @@ def test_the_report_counts_every_kind_and_sorts_differences() -> None:
     assert msgspec.json.decode(msgspec.json.encode(data)) == data
     assert data["counts"]["wechat_mismatch"] == 1 and len(data["differences"]) == 2
     assert build_report([c], now=NOW).clean
+
+
+# ------------------------------------------------------------------ the waiting room
+
+
+def waits(
+    version: int, status: S, reason: WaitReason, *, since: datetime = LONG_AGO, appid: str = APPID, card: str = CARD
+) -> WaitingDelivery:
+    return WaitingDelivery(
+        idempotency_key(card, CODE, version),
+        version,
+        status,
+        appid,
+        reason,
+        waiting_since=since,
+        resume_at=NOW + timedelta(hours=2),
+        attempts=1,
+        partition=2,
+    )
+
+
+def parked(*statuses: S, delivered_up_to: int, reason: WaitReason = WaitReason.QUOTA, card: str = CARD) -> Evidence:
+    """An invoice moved through ``statuses`` long ago; versions after
+    ``delivered_up_to`` are in the waiting room (the first for ``reason``,
+    the rest behind it)."""
+    ev = consistent(*statuses, card=card)
+    ev.deliveries = ev.deliveries[:delivered_up_to]
+    ev.waiting = [
+        waits(v, s, reason if v == delivered_up_to + 1 else WaitReason.BEHIND, card=card)
+        for v, s in enumerate(statuses, 1)
+        if v > delivered_up_to
+    ]
+    return ev
+
+
+def test_waiting_deliveries_are_neither_missing_nor_repaired_however_long_they_wait() -> None:
+    ev = parked(S.LOCK, S.INIT, S.LOCK, delivered_up_to=1)
+    ev.wechat_asked, ev.wechat = True, S.LOCK  # WeChat still has version 1
+    verdict = examine(ev, now=NOW)
+    assert verdict.differences == [] and verdict.repair is None
+    assert [w.version for w in verdict.waiting] == [2, 3] and not verdict.in_flight
+
+
+def test_a_version_below_the_first_waiting_one_without_a_record_is_still_missing() -> None:
+    ev = parked(S.LOCK, S.INIT, S.LOCK, delivered_up_to=2)
+    del ev.deliveries[0]  # version 1 never got its record: not held by anything
+    verdict = examine(ev, now=NOW)
+    [d] = verdict.differences
+    assert d.kind == "delivery_missing" and "[1]" in d.detail
+
+
+def test_a_waiting_entry_whose_final_record_is_there_is_not_waiting() -> None:
+    ev = consistent(S.LOCK, S.INIT)
+    ev.waiting = [waits(2, S.INIT, WaitReason.MINUTE_QUOTA)]  # the record's tombstone is read later
+    verdict = examine(ev, now=NOW)
+    assert verdict.waiting == [] and verdict.differences == []
+
+
+def test_a_wait_that_ended_failed_is_a_delivery_failure() -> None:
+    ev = consistent(S.LOCK)
+    ev.deliveries = [delivered(1, S.LOCK, result="failed", errcode=-1)]
+    assert kinds(ev) == ["delivery_failed"]
+    assert examine(ev, now=NOW).waiting == []
+
+
+def test_waiting_is_summarised_per_invoice_oldest_first_with_counts_by_reason_and_appid() -> None:
+    old_since, new_since = NOW - timedelta(hours=3), NOW - timedelta(minutes=5)
+    summary = summarise_waiting(
+        [
+            ("b/c", [waits(4, S.LOCK, WaitReason.NO_CREDENTIALS, since=new_since, appid="wxB", card="b")]),
+            (
+                KEY,
+                [
+                    waits(3, S.LOCK, WaitReason.BEHIND, since=old_since),
+                    waits(2, S.INIT, WaitReason.QUOTA, since=old_since),
+                ],
+            ),
+            ("empty/c", []),
+        ],
+        now=NOW,
+    )
+    assert [i.key for i in summary.invoices] == [KEY, "b/c"]
+    first = summary.invoices[0]
+    assert first.versions == [2, 3] and first.reason == "quota" and first.since == old_since and first.partition == 2
+    assert summary.deliveries == 3 and summary.oldest == old_since
+    assert summary.by_reason == {str(r): 0 for r in WaitReason} | {"quota": 1, "behind": 1, "no_credentials": 1}
+    assert summary.by_appid == {APPID: 2, "wxB": 1}
+    data = summary.to_json()
+    assert data["invoices"] == 2 and data["deliveries"] == 3 and data["oldest_since"] == "2026-11-23T09:00:00.000Z"
+    assert data["list"][0]["waiting_s"] == 3 * 3600 and data["list"][0]["versions"] == [2, 3]
+    assert data["list"][1]["deliveries"][0]["reason"] == "no_credentials"
+    assert msgspec.json.decode(msgspec.json.encode(data)) == data
+
+
+def test_the_report_lists_waiting_invoices_and_stays_clean() -> None:
+    quota = parked(S.LOCK, S.INIT, delivered_up_to=0, card="q")
+    no_credentials = parked(S.LOCK, delivered_up_to=0, reason=WaitReason.NO_CREDENTIALS, card="n")
+    report = build_report([consistent(S.LOCK), quota, no_credentials], now=NOW)
+    assert report.clean and report.in_flight == 0
+    assert report.waiting.deliveries == 3 and len(report.waiting.invoices) == 2
+    data = report.to_json()
+    assert data["clean"] and data["differences_total"] == 0
+    assert data["waiting"]["by_reason"]["quota"] == 1 and data["waiting"]["by_reason"]["behind"] == 1
+    assert data["waiting"]["by_reason"]["no_credentials"] == 1
+    assert {i["key"] for i in data["waiting"]["list"]} == {"q/" + CODE, "n/" + CODE}
+    assert build_report([consistent(S.LOCK)], now=NOW).to_json()["waiting"]["deliveries"] == 0

@@ -40,7 +40,7 @@ from devtools.simulator import (
 from domain.status import ReimburseStatus as S
 
 UPDATE = "/card/invoice/platform/updatestatus"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeClock:

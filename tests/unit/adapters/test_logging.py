@@ -58,11 +58,11 @@ def test_json_format_renders_one_object_per_line_with_level_timestamp_event_and_
     stream = configured("json")
     log = get_logger("invoice_sm.test")
     with structlog.contextvars.bound_contextvars(partition=3):
-        log.info("batch.committed", records=12)
-        log.warning("batch.slow", seconds=1.5)
+        log.info("batch_committed", records=12)
+        log.warning("batch_slow", seconds=1.5)
 
     first, second = json_lines(stream)
-    assert first["event"] == "batch.committed"
+    assert first["event"] == "batch_committed"
     assert first["level"] == "info"
     assert first["records"] == 12
     assert first["partition"] == 3
@@ -326,7 +326,7 @@ def test_capture_logs_sees_module_level_loggers_after_configuration() -> None:
 
 def test_redaction_is_in_the_configured_chain() -> None:
     stream = configured("json")
-    get_logger().info("token.fetched", access_token="T0KEN-VALUE", appid="wx1", expires_in=7200)
+    get_logger().info("token_fetched", access_token="T0KEN-VALUE", appid="wx1", expires_in=7200)
 
     (line,) = json_lines(stream)
     assert line["access_token"] == MASK

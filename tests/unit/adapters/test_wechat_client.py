@@ -24,6 +24,7 @@ from domain.errors import (
     WeChatError,
 )
 from domain.status import ReimburseStatus
+from domain.wechat_errors import classify
 
 APPID = "wx1234567890abcdef"
 SECRET = "s3cr3t-app-secret-value"
@@ -154,7 +155,7 @@ async def test_errcodes_map_to_their_error_class(code: int, error_type: type[WeC
         with pytest.raises(WeChatError) as caught:
             await update(client)
     error = caught.value
-    assert type(error) is error_type
+    assert type(error) is error_type and error.error_class == classify(code)
     assert error.retriable is retriable
     assert error.errcode == code and error.errmsg == "what WeChat said" and error.http_status == 200
     assert len(fake.update_calls) == 1  # no retry inside the client

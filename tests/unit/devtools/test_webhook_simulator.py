@@ -18,7 +18,7 @@ from devtools.simulator import SimulatorServer, WeChatSimulator
 from devtools.simulator.state import DEMO_COMPONENT_APPID, DEMO_COMPONENT_SECRET, DEMO_VERIFY_TICKET, Outcome
 from domain.errors import BrokerError
 from domain.status import ReimburseStatus as S
-from tests.unit.test_webhook import FakePublisher
+from tests.unit.adapters.test_webhook import FakePublisher
 
 TOKEN = "sim-push-token"
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"

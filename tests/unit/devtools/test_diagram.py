@@ -154,3 +154,14 @@ def test_the_dev_command_line_runs_the_diagram(capsys: pytest.CaptureFixture[str
     assert dev_main(["diagram"]) == EXIT_OK
     assert capsys.readouterr().out == lifecycle_mermaid()
     assert not {"diagram", "demo", "wechat-sim"} & set(COMMANDS)
+
+
+def test_the_wechat_path_is_a_marked_note_that_adds_no_state_and_no_edge() -> None:
+    from devtools.diagram import WECHAT_NOTE
+
+    mermaid = lifecycle_mermaid()
+    assert mermaid.endswith(WECHAT_NOTE)
+    assert "invoice.wechat.status_reported" in WECHAT_NOTE and "any status -> the reported status" in WECHAT_NOTE
+    note = [line.strip() for line in WECHAT_NOTE.splitlines()]
+    assert note[0].startswith("%% Added by devtools/diagram.py") and note[1].startswith("note ") and note[-1] == "end note"
+    assert _parse(WECHAT_NOTE) == (set(), set(), set())
