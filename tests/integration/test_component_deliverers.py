@@ -30,7 +30,7 @@ from adapters.settings import Settings
 from consumers.deliverer import Deliverer
 from consumers.processor import Processor
 from consumers.webhook import run_webhook
-from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator import SimulatorServer
 from devtools.simulator.state import (
     DEFAULT_AUTHORIZERS,
     DEMO_COMPONENT_APPID,
@@ -39,15 +39,12 @@ from devtools.simulator.state import (
 )
 from domain.status import ReimburseStatus as S
 from tests.factories import card, event
+from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, until
 from tests.support.kafka_io import produce_events, read_topic, values, wait_for_count
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.broker
 
-TOKEN = "component-push-token"
-KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
-AUTHORIZER, OTHER = list(DEFAULT_AUTHORIZERS)
-HOURS_5 = 5 * 3600
 INVOICES = 8  # per authorizer: enough that every partition, so each instance, has deliveries each round
 #: One accepted upstream move per round for every invoice.
 ROUNDS = (S.LOCK, S.INIT, S.LOCK, S.INIT, S.LOCK, S.CLOSURE)
@@ -55,18 +52,8 @@ ROUNDS = (S.LOCK, S.INIT, S.LOCK, S.INIT, S.LOCK, S.CLOSURE)
 
 @pytest.fixture
 def wechat() -> Iterator[SimulatorServer]:
-    # Both instances hold the configured refresh tokens: the old one keeps
-    # working after a rotation (how WeChat treats authorizer_refresh_token).
-    with SimulatorServer(WeChatSimulator(keep_old_refresh_token=True)) as server:
+    with component_simulator() as server:
         yield server
-
-
-async def until(predicate: Callable[[], bool], what: str, *, timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager

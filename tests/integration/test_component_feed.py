@@ -22,7 +22,7 @@ from adapters.component_feed import ComponentFeed
 from adapters.settings import Settings
 from adapters.tokens import ComponentTokenProvider
 from consumers.webhook import run_webhook
-from devtools.simulator import SimulatorServer, WeChatSimulator
+from devtools.simulator import SimulatorServer
 from devtools.simulator.state import (
     DEFAULT_AUTHORIZERS,
     DEMO_COMPONENT_APPID,
@@ -30,22 +30,16 @@ from devtools.simulator.state import (
     DEMO_VERIFY_TICKET,
 )
 from domain.errors import AuthorizerUnauthorizedError
+from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, until
 from tests.support.kafka_io import read_topic
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.broker
 
-TOKEN = "component-push-token"
-KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
-AUTHORIZER, OTHER = list(DEFAULT_AUTHORIZERS)
-HOURS_5 = 5 * 3600
-
 
 @pytest.fixture
 def wechat() -> Iterator[SimulatorServer]:
-    # Both instances hold the configured refresh tokens: the old one keeps
-    # working after a rotation (how WeChat treats authorizer_refresh_token).
-    with SimulatorServer(WeChatSimulator(keep_old_refresh_token=True)) as server:
+    with component_simulator() as server:
         yield server
 
 
@@ -57,14 +51,6 @@ class Clock:
 
     def __call__(self) -> float:
         return time.monotonic() + self.offset
-
-
-async def until(predicate: Callable[[], bool], what: str, *, timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_two_token_owners_follow_three_ticket_rotations_and_an_unauthorized_push(

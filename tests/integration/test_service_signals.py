@@ -19,8 +19,8 @@ from tests.support.processes import Service
 pytestmark = [pytest.mark.broker]
 
 
-@pytest.mark.parametrize("command", ["process", "deliver", "run"])
-@pytest.mark.parametrize("after_s", [0.3, 1.0])
+# Early (still importing) and later (connecting, joining the group), across the three services.
+@pytest.mark.parametrize(("command", "after_s"), [("process", 0.3), ("deliver", 1.0), ("run", 0.3), ("process", 1.0)])
 def test_a_sigterm_during_start_up_stops_the_service_cleanly(
     make_settings: Callable[..., Settings], tmp_path: Path, command: str, after_s: float
 ) -> None:

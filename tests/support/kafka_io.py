@@ -46,8 +46,9 @@ async def read_topic(
     return out
 
 
-def values(records: Iterable[ConsumerRecord]) -> list[dict[str, Any]]:
-    """The JSON values of ``records``; of a delivery CloudEvent (``invoice.deliveries``), its data: the delivery record."""
+def values(records: Iterable[ConsumerRecord]) -> list[Any]:
+    """The JSON values of ``records`` (objects mostly; a waiting room's ``d:`` marks are ``1``); of a
+    delivery CloudEvent (``invoice.deliveries``), its data: the delivery record."""
     out = [json.loads(r.value) for r in records if r.value is not None]
     return [v["data"] if isinstance(v, dict) and v.get("type") == wire.DELIVERY_EVENT_TYPE else v for v in out]
 
