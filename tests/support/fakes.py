@@ -24,6 +24,7 @@ raise (after an optional wait), to drive the recovery paths.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -32,6 +33,8 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord
+
+from adapters.settings import Settings, load_settings
 
 _Slot = tuple[str, int]
 
@@ -350,3 +353,21 @@ class FakeConsumer:
             if records:
                 out[tp] = records
         return out
+
+
+def fake_settings(**overrides: Any) -> Settings:
+    """Settings for clients that are all fakes: topic and group names unique to the test."""
+    suffix = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "kafka_bootstrap_servers": "127.0.0.1:9",  # never dialled: every client is a fake
+        "topic_events": f"u{suffix}.events",
+        "topic_outcomes": f"u{suffix}.outcomes",
+        "topic_state": f"u{suffix}.state",
+        "topic_dlq": f"u{suffix}.dlq",
+        "topic_deliveries": f"u{suffix}.deliveries",
+        "topic_delivery_waiting": f"u{suffix}.deliveries.waiting",
+        "processor_group_id": f"u{suffix}.processor",
+        "deliverer_group_id": f"u{suffix}.deliverer",
+    }
+    base.update(overrides)
+    return load_settings(**base)

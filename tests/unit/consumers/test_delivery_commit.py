@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,32 +20,22 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from adapters import kafka, waiting_room
-from adapters.settings import Settings, load_settings
+from adapters.settings import Settings
 from consumers import delivery_commit
 from consumers.deliverer import Deliverer
 from consumers.delivery_lane import LEDGER_TOKEN_KEY, Job, PartitionLane
 from domain.delivery import WaitReason
 from domain.model import idempotency_key
 from domain.status import ReimburseStatus as S
+from tests.support import fakes
 from tests.support.fakes import FakeBroker, FakeConsumer, FakeTransactionalProducer
 
 INSTANCE = "host-a:1"
 
 
 def fake_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    base: dict[str, Any] = {
-        "kafka_bootstrap_servers": "127.0.0.1:9",  # never dialled: every client is a fake
-        "topic_outcomes": f"u{suffix}.outcomes",
-        "topic_deliveries": f"u{suffix}.deliveries",
-        "topic_delivery_waiting": f"u{suffix}.deliveries.waiting",
-        "deliverer_group_id": f"u{suffix}.deliverer",
-        "state_dir": tmp_path / "state",
-        "wechat_timeout_s": 2.0,
-        "delivery_commit_interval_ms": 10,
-    }
-    base.update(overrides)
-    return load_settings(**base)
+    base = {"state_dir": tmp_path / "state", "wechat_timeout_s": 2.0, "delivery_commit_interval_ms": 10}
+    return fakes.fake_settings(**{**base, **overrides})
 
 
 class Harness:

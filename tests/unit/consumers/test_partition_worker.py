@@ -9,7 +9,6 @@ timed out (take it back at once), a producer in aiokafka's fatal state.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +19,7 @@ from aiokafka.structs import ConsumerRecord
 
 from adapters import wire
 from adapters.metrics import Metrics
-from adapters.settings import Settings, load_settings
+from adapters.settings import Settings
 from adapters.store import MemoryPartitionStore
 from consumers.processor import KafkaClients, PartitionWorker, Processor, decide_records
 from domain.decide import DictStates
@@ -28,25 +27,14 @@ from domain.model import DecisionKind
 from domain.reconcile import same_state
 from tests.factories import encode, random_stream
 from tests.malformed import malformed_cases
+from tests.support import fakes
 from tests.support.fakes import FakeBroker
 
 PARTITIONS = 3
 
 
 def fake_settings(**overrides: Any) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    base: dict[str, Any] = {
-        "kafka_bootstrap_servers": "127.0.0.1:9",  # never dialled: every client is a fake
-        "topic_events": f"u{suffix}.events",
-        "topic_outcomes": f"u{suffix}.outcomes",
-        "topic_state": f"u{suffix}.state",
-        "topic_dlq": f"u{suffix}.dlq",
-        "processor_group_id": f"u{suffix}.processor",
-        "kafka_session_timeout_ms": 1000,
-        "validate_produced": "all",
-    }
-    base.update(overrides)
-    return load_settings(**base)
+    return fakes.fake_settings(**{"kafka_session_timeout_ms": 1000, "validate_produced": "all", **overrides})
 
 
 class RecordingStore(MemoryPartitionStore):
