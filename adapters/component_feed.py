@@ -1,7 +1,7 @@
 """The component topic, followed by every deliverer instance (third-party platform mode).
 
 The webhook writes WeChat's component pushes to one compacted topic
-(``INVOICE_SM_TOPIC_COMPONENT``, ``adapters.webhook_messages``): the newest
+(``INVOICE_SM_TOPIC_COMPONENT``, ``adapters.wire.ComponentRecord``): the newest
 ``component_verify_ticket`` keyed by the component appid, each authorizer's
 latest ``authorized``/``updateauthorized``/``unauthorized`` keyed by
 ``component_appid/authorizer_appid``. Every instance must see all of it, so
@@ -40,7 +40,7 @@ from aiokafka import TopicPartition
 from adapters import kafka, topics
 from adapters.logging import get_logger
 from adapters.settings import Settings
-from adapters.webhook_messages import ComponentRecord, decode_component_record
+from adapters.wire import ComponentRecord, decode_component_record
 from domain.errors import BrokerError
 
 __all__ = ["ComponentFeed", "ComponentFeedTarget", "follow_component_feed"]

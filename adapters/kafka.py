@@ -289,28 +289,6 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     return []
 
 
-def read_to_end(
-    settings: Settings,
-    topic: str,
-    *,
-    start: dict[int, int] | None = None,
-    read_committed: bool = True,
-    chunk: int = 10_000,
-    timeout: float = 120.0,
-) -> AsyncIterator[list[Any]]:
-    """Yield batches of every record of ``topic`` up to its end at call time.
-
-    ``start`` maps partitions to first offsets (default: the beginning).
-    The end is the last stable offset for read_committed readers, so open
-    transactions do not make this wait. Read by ``adapters.partition_reader``,
-    the one reader (restore and replay read through it too).
-    """
-    # Imported here: the reader is built on this module's clients and errors.
-    from adapters import partition_reader
-
-    return partition_reader.read_to_end(settings, topic, start=start, read_committed=read_committed, chunk=chunk, timeout=timeout)
-
-
 async def pipeline_partitions(
     consumer: AIOKafkaConsumer,
     stop: asyncio.Event,

@@ -2,7 +2,7 @@
 
 Three things read a topic's partitions from some start up to where they end
 now: the processor's restore (``invoice.state`` into its stores), ``replay``
-and ``scan`` (``invoice.events``, to rebuild state) and ``kafka.read_to_end``
+and ``scan`` (``invoice.events``, to rebuild state) and :func:`read_to_end`
 (the DLQ commands, reconcile, tools and tests). They all read through
 ``PartitionReader``, so they agree on where a read ends and how it gets there:
 

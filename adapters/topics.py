@@ -3,8 +3,10 @@ partitions, replication and ``min.insync.replicas``.
 
 Everything that creates or checks a topic reads :func:`topic_table`:
 :func:`ensure_topics` (every command's start), ``invoice-sm topics
-create|check|describe``, ``compose.yaml``'s ``kafka-init`` (a test keeps it
-equal) and the AsyncAPI document.
+create|check|describe`` (``compose.yaml``'s ``kafka-init`` runs ``topics
+create``) and the AsyncAPI document, whose channels and operations are the
+rows' ``messages`` (formats of ``adapters.wire.SCHEMA_TYPES``) and
+``operations``.
 
 The events topic is the source of truth, so it never expires
 (``retention.ms=-1``, ``retention.bytes=-1``). :func:`ensure_topics`
@@ -46,9 +48,26 @@ ALLOW_FINITE = env_name("allow_finite_event_retention")
 
 
 @dataclass(frozen=True, slots=True)
+class Operation:
+    """What one service does on a topic (an AsyncAPI operation)."""
+
+    #: ``processor``, ``deliverer`` or ``webhook``
+    service: str
+    action: Literal["send", "receive"]
+    summary: str
+    #: The topic's messages it sends or receives, when not all of them.
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSpec:
     """One row of the table. ``retention_ms`` is ``None`` for a compacted
-    topic (compaction keeps the latest record per key however old)."""
+    topic (compaction keeps the latest record per key however old).
+
+    ``messages`` names what its records are: rows of
+    ``adapters.wire.SCHEMA_TYPES``, or messages written out in ``schemas``
+    (``eventStructured``, ``eventBinary``).
+    """
 
     name: str
     role: str
@@ -59,6 +78,8 @@ class TopicSpec:
     replication_factor: int
     min_insync_replicas: int
     description: str
+    messages: tuple[str, ...]
+    operations: tuple[Operation, ...]
 
     @property
     def compact(self) -> bool:
@@ -96,6 +117,22 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "lifecycle events (CloudEvents 1.0) from upstream and the webhook; the source of truth, never expires",
+            messages=("eventStructured", "eventBinary"),
+            operations=(
+                Operation(
+                    "processor",
+                    "receive",
+                    "Consumer group per INVOICE_SM_GROUP_ID, read_committed; decides each event in partition order.",
+                ),
+                Operation(
+                    "webhook",
+                    "send",
+                    "WeChat's update_invoice_status push as an invoice.wechat.status_reported event (id derived from "
+                    "the push, so WeChat's retries are one event), keyed by the invoice key; answered success only "
+                    "once acknowledged.",
+                    ("eventStructured",),
+                ),
+            ),
         ),
         TopicSpec(
             settings.topic_outcomes,
@@ -107,6 +144,15 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "one decision per valid event (and reconcile's repair records), read by the deliverer and analytics",
+            messages=("outcome",),
+            operations=(
+                Operation("processor", "send", "One outcome per valid event, in the input's transaction (exactly once)."),
+                Operation(
+                    "deliverer",
+                    "receive",
+                    "Accepted (and repair) outcomes become updatestatus calls to WeChat, per invoice in version order.",
+                ),
+            ),
         ),
         TopicSpec(
             settings.topic_state,
@@ -118,6 +164,8 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "latest state per invoice: the changelog local state is restored from (as many partitions as events)",
+            messages=("state",),
+            operations=(Operation("processor", "send", "The invoice's new state, in the same transaction."),),
         ),
         TopicSpec(
             settings.topic_deliveries,
@@ -129,6 +177,12 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "one final WeChat delivery record per accepted outcome; reconcile reads it",
+            messages=("delivery",),
+            operations=(
+                Operation(
+                    "deliverer", "send", "The final record of each delivery, in one transaction with the consumed offsets."
+                ),
+            ),
         ),
         TopicSpec(
             settings.topic_delivery_waiting,
@@ -141,6 +195,20 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             isr,
             "deliveries waiting off the commit path (parked account, long backoff) and each partition's "
             "ownership marker: the deliverer's changelog (as many partitions as outcomes)",
+            messages=("waiting",),
+            operations=(
+                Operation(
+                    "deliverer",
+                    "send",
+                    "Deliveries that wait for their account or a long backoff, and ownership markers, in the same transactions.",
+                ),
+                Operation(
+                    "deliverer",
+                    "receive",
+                    "Read to its end when a partition is taken over: the waiting deliveries resume, "
+                    "the marker says how the last owner left.",
+                ),
+            ),
         ),
         TopicSpec(
             settings.topic_dlq,
@@ -152,6 +220,8 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "input that could not be decided: original bytes and headers plus dlq.* headers",
+            messages=("dlq",),
+            operations=(Operation("processor", "send", "Every record it cannot decide, in the same transaction."),),
         ),
         TopicSpec(
             settings.topic_component,
@@ -164,6 +234,16 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             isr,
             "component verify tickets and authorization events pushed by WeChat, written by the webhook; "
             "every deliverer instance reads all of it (third-party platform mode)",
+            messages=("component",),
+            operations=(
+                Operation("webhook", "send", "component_verify_ticket, authorized, updateauthorized and unauthorized pushes."),
+                Operation(
+                    "deliverer",
+                    "receive",
+                    "Every partition from the beginning, no group: the newest ticket refreshes component tokens; "
+                    "unauthorized ends that authorizer's deliveries with reason unauthorized.",
+                ),
+            ),
         ),
     ]
 

@@ -1,7 +1,8 @@
-"""The deliverer's waiting room: ``invoice.deliveries.waiting``, a compacted changelog.
+"""The deliverer's waiting room, ``invoice.deliveries.waiting``, read back to its end.
 
-Two kinds of record share a partition of it (the partition of the outcome
-they came from):
+The room is a compacted changelog (its records, keys and types are in
+``adapters.wire``'s waiting-room section). A partition of it holds, for the
+partition of the outcomes it came from:
 
 - ``w:<idempotency key>`` -> a ``WaitingEntry``: a delivery that left its
   partition's commit path (``domain.delivery.Wait``). Written in the same
@@ -17,80 +18,26 @@ they came from):
   was committed. A new owner that reads ``open`` knows the previous owner
   died (or was fenced) and may have calls in flight.
 
-Entries are JSON (msgspec); the room is read back only by the deliverer and
-``reconcile``.
+The room is read back only by the deliverer and ``reconcile``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
 
 import msgspec
 
-from adapters import kafka
+from adapters import kafka, partition_reader
 from adapters.settings import Settings
-from domain.delivery import WaitReason
-from domain.status import ReimburseStatus
-
-ENTRY_PREFIX = b"w:"
-DONE_PREFIX = b"d:"
-OWNER_KEY = b"o:owner"
-
-
-class WaitingEntry(msgspec.Struct, frozen=True):
-    """One waiting delivery: enough to call WeChat again and record the result."""
-
-    idempotency_key: str
-    outcome_id: str
-    card_id: str
-    code: str
-    appid: str
-    reimburse_status: ReimburseStatus
-    version: int
-    repair: bool
-    reason: WaitReason
-    #: epoch seconds: when it first waited (bounds no_credentials) and when to try again
-    waiting_since: float
-    resume_at: float
-    possibly_applied: bool
-    attempts: int
-    first_attempt: float | None = None
-
-
-class OwnerMarker(msgspec.Struct, frozen=True):
-    state: Literal["open", "closed"]
-    #: one per ownership; the local ledger stores the token of the ownership it belongs to
-    token: str
-    instance: str
-    at: float
-    #: on ``closed``: offsets below this may have been called but not committed
-    attempted_below: int = 0
-
-
-_encoder = msgspec.json.Encoder()
-_entry_decoder = msgspec.json.Decoder(WaitingEntry)
-_marker_decoder = msgspec.json.Decoder(OwnerMarker)
-
-
-def entry_key(idempotency_key: str) -> bytes:
-    return ENTRY_PREFIX + idempotency_key.encode()
-
-
-def done_key(idempotency_key: str) -> bytes:
-    return DONE_PREFIX + idempotency_key.encode()
-
-
-def encode(value: WaitingEntry | OwnerMarker) -> bytes:
-    return _encoder.encode(value)
-
-
-def decode_entry(value: bytes) -> WaitingEntry:
-    return _entry_decoder.decode(value)
-
-
-def decode_marker(value: bytes) -> OwnerMarker:
-    return _marker_decoder.decode(value)
+from adapters.wire import (
+    WAITING_DONE_PREFIX,
+    WAITING_ENTRY_PREFIX,
+    WAITING_OWNER_KEY,
+    OwnerMarker,
+    WaitingEntry,
+    decode_owner_marker,
+    decode_waiting_entry,
+)
 
 
 class PartitionRoom(msgspec.Struct):
@@ -110,38 +57,24 @@ async def read_rooms(settings: Settings, partitions: Iterable[int]) -> dict[int,
         return rooms
     # read_to_end starts each partition at ``start``; one past any real offset skips it.
     skip = {p: 2**62 for p in await kafka.partitions_of(settings, settings.topic_delivery_waiting) if p not in wanted}
-    async for batch in kafka.read_to_end(settings, settings.topic_delivery_waiting, start=skip):
+    async for batch in partition_reader.read_to_end(settings, settings.topic_delivery_waiting, start=skip):
         for record in batch:
             room = rooms.get(record.partition)
             if room is None or record.key is None:
                 continue
-            if record.key == OWNER_KEY:
+            if record.key == WAITING_OWNER_KEY:
                 if record.value is not None:
-                    room.marker = decode_marker(record.value)
-            elif record.key.startswith(ENTRY_PREFIX):
-                key = record.key[len(ENTRY_PREFIX) :].decode()
+                    room.marker = decode_owner_marker(record.value)
+            elif record.key.startswith(WAITING_ENTRY_PREFIX):
+                key = record.key[len(WAITING_ENTRY_PREFIX) :].decode()
                 if record.value is None:
                     room.entries.pop(key, None)
                 else:
-                    room.entries[key] = decode_entry(record.value)
-            elif record.key.startswith(DONE_PREFIX):
-                key = record.key[len(DONE_PREFIX) :].decode()
+                    room.entries[key] = decode_waiting_entry(record.value)
+            elif record.key.startswith(WAITING_DONE_PREFIX):
+                key = record.key[len(WAITING_DONE_PREFIX) :].decode()
                 if record.value is None:
                     room.done.discard(key)
                 else:
                     room.done.add(key)
     return rooms
-
-
-def json_schema() -> dict[str, object]:
-    """The JSON Schema of the room's values: an entry or an owner marker, told apart by key."""
-    components: dict[str, object]
-    refs, components = msgspec.json.schema_components([WaitingEntry, OwnerMarker])
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://invoice-sm.example/schemas/waiting.v1.schema.json",
-        "title": "WaitingRoomValue",
-        "description": "A waiting delivery (key w:<idempotency key>) or the partition's owner marker (key o:owner).",
-        "anyOf": list(refs),
-        "$defs": components,
-    }

@@ -24,8 +24,8 @@ ordered with the invoice's other events).
 **Component (third-party platform) pushes** (``InfoType``
 ``component_verify_ticket``, ``authorized``, ``updateauthorized``,
 ``unauthorized``; fields as wechatpy's ``wechatpy/messages.py`` component
-messages read them) become a ``ComponentRecord`` on the compacted component
-topic. A ticket is keyed by the component appid (compaction keeps the newest
+messages read them) become a ``ComponentRecord`` (``adapters.wire``) on the
+compacted component topic. A ticket is keyed by the component appid (compaction keeps the newest
 ticket); an authorization event by ``component_appid/authorizer_appid``
 (compaction keeps each authorizer's latest authorization state).
 
@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Literal
+from typing import get_args
 
 import msgspec
 from msgspec import Struct
 
 from adapters import wire
+from adapters.wire import ComponentInfoType, ComponentRecord
 from domain.errors import InvalidEventError, PushRefusedError
 from domain.model import invoice_key
 from domain.status import WECHAT_STATUS_REPORTED
@@ -54,10 +55,8 @@ from domain.status import WECHAT_STATUS_REPORTED
 __all__ = [
     "COMPONENT_INFO_TYPES",
     "STATUS_EVENT",
-    "ComponentRecord",
     "EventRecord",
     "component_record",
-    "decode_component_record",
     "status_report",
 ]
 
@@ -66,8 +65,7 @@ STATUS_EVENT = "update_invoice_status"
 #: ``source`` of the CloudEvents the webhook writes.
 WEBHOOK_SOURCE = "/invoice-sm/webhook"
 
-InfoType = Literal["component_verify_ticket", "authorized", "updateauthorized", "unauthorized"]
-COMPONENT_INFO_TYPES: frozenset[str] = frozenset(InfoType.__args__)  # type: ignore[attr-defined]
+COMPONENT_INFO_TYPES: frozenset[str] = frozenset(get_args(ComponentInfoType))
 
 
 class EventRecord(Struct, frozen=True):
@@ -78,31 +76,6 @@ class EventRecord(Struct, frozen=True):
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
     event_id: str
-
-
-class ComponentRecord(Struct, frozen=True, omit_defaults=True):
-    """One component push, as the webhook keeps it on the component topic.
-
-    ``ticket`` is a credential (it buys a ``component_access_token``): never
-    logged; the topic is read only by this service's deliverers.
-    """
-
-    id: str
-    info_type: InfoType
-    component_appid: str
-    create_time: int
-    received_at: str
-    ticket: str | None = None
-    authorizer_appid: str | None = None
-    authorization_code_expired_time: int | None = None
-
-
-_record_decoder = msgspec.json.Decoder(ComponentRecord)
-
-
-def decode_component_record(value: bytes) -> ComponentRecord:
-    """A component-topic record; ``msgspec.ValidationError``/``DecodeError`` when it is not one."""
-    return _record_decoder.decode(value)
 
 
 def _push_id(prefix: str, *parts: str) -> str:
@@ -186,6 +159,4 @@ def component_record(fields: dict[str, str], *, component_appid: str, received_a
         authorizer_appid=authorizer,
         authorization_code_expired_time=int(expired) if expired.isdigit() else None,
     )
-    return EventRecord(
-        "component", key.encode(), msgspec.json.encode(record), (("content-type", b"application/json"),), record.id
-    )
+    return EventRecord("component", key.encode(), wire.encode(record), (("content-type", b"application/json"),), record.id)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from domain.delivery import DeliveryResult, FinalReason
+from domain.delivery import DeliveryResult, FinalReason, WaitReason
 from domain.errors import InvalidEventError
 from domain.model import Decision, DecisionKind, InvoiceState, LifecycleEvent, invoice_key
 from domain.status import EVENT_TYPE_ORIGINS, EVENT_TYPE_TARGETS, Origin, ReimburseStatus
@@ -332,12 +334,191 @@ def dlq_copy(
     return key, value, originals + ours, truncated
 
 
-SCHEMA_TYPES: dict[str, type] = {
-    "event": CloudEvent,
-    "outcome": OutcomeEvent,
-    "state": StateRecord,
-    "delivery": DeliveryEvent,
-    "dlq": DlqRecord,
+# --------------------------------------------------------------- waiting room
+
+# The deliverer's changelog, ``invoice.deliveries.waiting`` (compacted), whose
+# records are told apart by key: ``w:<idempotency key>`` -> a ``WaitingEntry``,
+# ``d:<idempotency key>`` -> ``1``, ``o:owner`` -> an ``OwnerMarker``.
+# ``adapters.waiting_room`` reads it back and says what each one means.
+
+WAITING_ENTRY_PREFIX = b"w:"
+WAITING_DONE_PREFIX = b"d:"
+WAITING_OWNER_KEY = b"o:owner"
+
+
+class WaitingEntry(Struct, frozen=True):
+    """One waiting delivery: enough to call WeChat again and record the result."""
+
+    idempotency_key: str
+    outcome_id: str
+    card_id: str
+    code: str
+    appid: str
+    reimburse_status: ReimburseStatus
+    version: int
+    repair: bool
+    reason: WaitReason
+    #: epoch seconds: when it first waited (bounds no_credentials) and when to try again
+    waiting_since: float
+    resume_at: float
+    possibly_applied: bool
+    attempts: int
+    first_attempt: float | None = None
+
+
+class OwnerMarker(Struct, frozen=True):
+    """Who owns a partition of the waiting room, and whether the last owner left cleanly (``closed``)."""
+
+    state: Literal["open", "closed"]
+    #: one per ownership; the local ledger stores the token of the ownership it belongs to
+    token: str
+    instance: str
+    at: float
+    #: on ``closed``: offsets below this may have been called but not committed
+    attempted_below: int = 0
+
+
+_waiting_entry_decoder = msgspec.json.Decoder(WaitingEntry)
+_owner_marker_decoder = msgspec.json.Decoder(OwnerMarker)
+
+
+def waiting_entry_key(idempotency_key: str) -> bytes:
+    return WAITING_ENTRY_PREFIX + idempotency_key.encode()
+
+
+def waiting_done_key(idempotency_key: str) -> bytes:
+    return WAITING_DONE_PREFIX + idempotency_key.encode()
+
+
+def decode_waiting_entry(value: bytes) -> WaitingEntry:
+    return _waiting_entry_decoder.decode(value)
+
+
+def decode_owner_marker(value: bytes) -> OwnerMarker:
+    return _owner_marker_decoder.decode(value)
+
+
+# ------------------------------------------------------------------ component
+
+#: The ``InfoType`` of the component pushes the webhook keeps.
+ComponentInfoType = Literal["component_verify_ticket", "authorized", "updateauthorized", "unauthorized"]
+
+
+class ComponentRecord(Struct, frozen=True, omit_defaults=True):
+    """One component push, as the webhook keeps it on the component topic.
+
+    ``ticket`` is a credential (it buys a ``component_access_token``): never
+    logged; the topic is read only by this service's deliverers.
+    """
+
+    id: str
+    info_type: ComponentInfoType
+    component_appid: str
+    create_time: int
+    received_at: str
+    ticket: str | None = None
+    authorizer_appid: str | None = None
+    authorization_code_expired_time: int | None = None
+
+
+_component_decoder = msgspec.json.Decoder(ComponentRecord)
+
+
+def decode_component_record(value: bytes) -> ComponentRecord:
+    """A component-topic record; ``msgspec.ValidationError``/``DecodeError`` when it is not one."""
+    return _component_decoder.decode(value)
+
+
+# -------------------------------------------------------------- the formats
+
+#: The invoice key, ``card_id/code`` (``TOKEN_PATTERN`` twice).
+INVOICE_KEY_PATTERN = "^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$"
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """A row of ``SCHEMA_TYPES``: one record format of the topics.
+
+    Its JSON Schema (``json_schemas``: ``schemas/<row>.v1.schema.json``) comes
+    from ``types``; the rest is its AsyncAPI message (``schemas.asyncapi``,
+    named as the row), for any topic of ``adapters.topics`` that names it.
+    """
+
+    #: The value's msgspec type; several when the record key tells them apart
+    #: (the schema is then their ``anyOf``, titled by ``schema_title``).
+    types: tuple[type, ...]
+    title: str
+    #: One line; ``description`` when more must be said.
+    summary: str = ""
+    description: str = ""
+    content_type: str = "application/json"
+    #: Why the writer sets a ``content-type`` header of ``content_type``
+    #: (empty: it sets none).
+    content_type_header: str = ""
+    #: The Kafka key: what it is, and its pattern when it has one.
+    key: str = "the invoice key: card_id/code"
+    key_pattern: str | None = INVOICE_KEY_PATTERN
+    #: The JSON Schema's title and description; by default the type's name
+    #: and the first line of its docstring.
+    schema_title: str = ""
+    schema_description: str = ""
+
+
+_CLOUDEVENTS_HEADER = "CloudEvents Kafka binding, structured mode"
+
+#: Every record format, by name: the source of ``schemas/`` (the JSON Schema
+#: files and the AsyncAPI messages; ``invoice-sm schemas --write``).
+SCHEMA_TYPES: dict[str, WireFormat] = {
+    # Its messages (structured and binary mode) are written in ``schemas``.
+    "event": WireFormat((CloudEvent,), "Lifecycle event", content_type=STRUCTURED_CONTENT_TYPE),
+    "outcome": WireFormat(
+        (OutcomeEvent,),
+        "Decision",
+        "Exactly one per valid event: a CloudEvent 1.0, structured mode.",
+        content_type=STRUCTURED_CONTENT_TYPE,
+        content_type_header=_CLOUDEVENTS_HEADER,
+    ),
+    "state": WireFormat((StateRecord,), "Latest state of an invoice"),
+    "delivery": WireFormat(
+        (DeliveryEvent,),
+        "Final WeChat delivery record",
+        "One per accepted outcome (and repair): a CloudEvent 1.0 of type invoice.delivery.recorded, "
+        "structured mode; id = idempotency key @ result, subject = the invoice key, data = the "
+        "delivery record (result, errcode, attempts, timings, reason).",
+        content_type=STRUCTURED_CONTENT_TYPE,
+        content_type_header=_CLOUDEVENTS_HEADER,
+    ),
+    # Its headers and payload (the original bytes) are written in ``schemas``.
+    "dlq": WireFormat(
+        (DlqRecord,),
+        "Refused input",
+        "The original record byte for byte (value cut to fit the broker's limit, then marked), "
+        "its original headers, and dlq.* headers naming the error and the source position.",
+        content_type="application/octet-stream",
+        key="the original key, byte for byte",
+        key_pattern=None,
+    ),
+    "waiting": WireFormat(
+        (WaitingEntry, OwnerMarker),
+        "Waiting delivery or partition owner marker",
+        "Key `w:<idempotency key>`: a delivery waiting off the commit path (tombstone when it ends); "
+        "key `o:owner`: the partition's ownership marker (open/closed).",
+        key="w:<idempotency key> or o:owner",
+        key_pattern=None,
+        schema_title="WaitingRoomValue",
+        schema_description="A waiting delivery (key w:<idempotency key>) or the partition's owner marker (key o:owner).",
+    ),
+    "component": WireFormat(
+        (ComponentRecord,),
+        "WeChat component push (third-party platform)",
+        "Written by the webhook: the newest component_verify_ticket (key: the component appid) and each "
+        "authorizer's latest authorized/updateauthorized/unauthorized (key: component_appid/authorizer_appid). "
+        "Every deliverer reads all of it from the beginning, without a consumer group.",
+        "`ticket` is a credential: the topic is for this service's deliverers only (ACLs), and it is never logged.",
+        content_type_header="a plain JSON record",
+        key="component_appid or component_appid/authorizer_appid",
+        key_pattern=None,
+    ),
 }
 
 # ------------------------------------------------------------------- decoding
@@ -354,6 +535,104 @@ _encoder = msgspec.json.Encoder()
 
 _CE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_partitionkey")
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+
+# The valid event's fast path. msgspec checks a ``pattern`` by calling
+# Python's ``re`` for each field: three quarters of the strict decode of a
+# valid event. ``_fast_event`` decodes into the same structure without the
+# patterns and checks those fields itself, mostly without ``re``; whatever it
+# cannot vouch for goes to the strict decoder (``CloudEvent``), which alone
+# judges and explains refusals. tests/fuzz/test_decode_fast_path.py holds
+# both paths to the same result on valid and hostile inputs, and these types
+# to ``CloudEvent``'s schema less its patterns.
+
+
+class _FastEventData(Struct, frozen=True, forbid_unknown_fields=False, gc=False, omit_defaults=True):
+    card_id: str
+    code: str
+    appid: str | None = None
+    reimburse_status: ReimburseStatus | None = None
+
+
+class _FastCloudEvent(Struct, frozen=True, forbid_unknown_fields=False, gc=False, omit_defaults=True):
+    specversion: Literal["1.0"]
+    id: str
+    source: Annotated[str, Meta(min_length=1, max_length=1024)]
+    type: Annotated[str, Meta(max_length=256)]
+    data: _FastEventData | None = None
+    time: str | None = None
+    subject: Annotated[str, Meta(max_length=256)] | None = None
+    datacontenttype: Annotated[str, Meta(max_length=256)] | None = None
+    data_base64: Annotated[str, Meta(max_length=262144)] | None = None
+    partitionkey: Annotated[str, Meta(max_length=256)] | None = None
+
+
+_fast_event_decoder = msgspec.json.Decoder(_FastCloudEvent)
+_fast_event_encoder = msgspec.json.Encoder()
+#: The very patterns msgspec applies (with ``re.search``), for the fields the
+#: cheap checks below cannot vouch for.
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
+_RFC3339_RE = re.compile(RFC3339_PATTERN)
+#: Event times already matched against ``RFC3339_PATTERN``: a batch's events
+#: mostly share a few (whole seconds or milliseconds). Cleared when full.
+_matched_times: set[str] = set()
+_MATCHED_TIMES_MAX = 4096
+
+
+def _tokens_ok(card_id: str, code: str, appid: str | None) -> bool:
+    """``TOKEN_PATTERN`` for each, without ``re`` when all are letters and digits (the usual case)."""
+    if 0 < len(card_id) <= 64 and 0 < len(code) <= 64 and (appid is None or 0 < len(appid) <= 64):
+        joined = f"{card_id}{code}{appid or ''}"
+        # bytes.isalnum() is ASCII only, and several times faster than str's.
+        if joined.isascii() and joined.encode().isalnum():
+            return True
+    search = _TOKEN_RE.search
+    return bool(search(card_id) and search(code) and (appid is None or search(appid)))
+
+
+def _significant_length(text: bytes) -> int:
+    """Bytes that are not JSON whitespace (space, tab, LF, CR)."""
+    return len(text) - text.count(b" ") - text.count(b"\t") - text.count(b"\n") - text.count(b"\r")
+
+
+def _fast_event(value: bytes) -> _FastCloudEvent | None:
+    """``value`` as an event, or ``None``: then only the strict decoder may judge it.
+
+    Accepts exactly what the strict decoder accepts, with the same fields,
+    or less. The patterned fields are checked here against the same
+    patterns. A duplicate name is the one subtlety: the strict decoder
+    checks every occurrence, this one sees the last. So the input must hold
+    nothing but what was decoded: the canonical encoding of the decoded event
+    (compact, each field once, the shortest escapes) is never longer than
+    any input that decodes to it, and as long only when the input has no
+    second occurrence, no unknown field and no explicit null. Or as long
+    once JSON whitespace is left out of both (``json.dumps`` writes ``", "``):
+    a space inside a string counts on both sides alike, and msgspec refuses
+    a raw tab, CR or LF inside a string, so those are only ever whitespace.
+    """
+    try:
+        event = _fast_event_decoder.decode(value)
+    except _DECODE_ERRORS:
+        return None
+    canonical = _fast_event_encoder.encode(event)
+    if len(canonical) != len(value) and _significant_length(canonical) != _significant_length(value):
+        return None
+    data = event.data
+    if data is not None and not _tokens_ok(data.card_id, data.code, data.appid):
+        return None
+    event_id = event.id
+    # isprintable() is stricter than the pattern (no C0/C1 control): a miss goes to ``re``.
+    if not (0 < len(event_id) <= 256 and event_id.isprintable()) and _EVENT_ID_RE.search(event_id) is None:
+        return None
+    event_time = event.time
+    if event_time is not None and event_time not in _matched_times:
+        if _RFC3339_RE.search(event_time) is None:
+            return None
+        if len(_matched_times) >= _MATCHED_TIMES_MAX:
+            _matched_times.clear()
+        _matched_times.add(event_time)
+    return event
+
 
 Headers = list[tuple[str, bytes | None]] | tuple[tuple[str, bytes | None], ...] | None
 
@@ -414,7 +693,7 @@ def _decode_data_base64(encoded: str) -> EventData:
         raise InvalidEventError("invalid_data", f"data_base64 does not hold the data object: {str(exc)[:300]}") from None
 
 
-def _to_domain(event: CloudEvent, key: bytes | None) -> LifecycleEvent:
+def _to_domain(event: CloudEvent | _FastCloudEvent, key: bytes | None) -> LifecycleEvent:
     target: ReimburseStatus | type[KeyError] | None = EVENT_TYPE_TARGETS.get(event.type, KeyError)
     if target is KeyError:
         raise InvalidEventError("unknown_type", f"type {event.type[:100]!r} is not an invoice lifecycle event")
@@ -492,10 +771,12 @@ def decode_event(key: bytes | None, value: bytes | None, headers: Headers = None
                 raise InvalidEventError("unsupported_content_type", f"content-type {content_type[:80]!r}")
         elif "ce_specversion" in hdrs:
             return _decode_binary(key, value, hdrs)
-    try:
-        event = _event_decoder.decode(value)
-    except _DECODE_ERRORS as exc:
-        raise _diagnose(value, exc) from None
+    event: CloudEvent | _FastCloudEvent | None = _fast_event(value)
+    if event is None:
+        try:
+            event = _event_decoder.decode(value)
+        except _DECODE_ERRORS as exc:
+            raise _diagnose(value, exc) from None
     return _to_domain(event, key)
 
 
@@ -596,6 +877,7 @@ def outcome_bytes(decision: Decision, record: object, processed_at: str, key: st
     event = decision.event
     state = decision.state
     upstream = event.origin is _UPSTREAM
+    partition, offset = record.partition, record.offset  # type: ignore[attr-defined]
     # Positional, in field order: msgspec parses keywords at a cost of a
     # third of this function. tests/unit/adapters/test_wire.py pins the field order.
     data = OutcomeData(
@@ -611,8 +893,8 @@ def outcome_bytes(decision: Decision, record: object, processed_at: str, key: st
         state.status if decision.kind is _ACCEPTED else None,  # to_status
         decision.reason,
         decision.trigger,
-        record.partition,  # type: ignore[attr-defined]  # source_partition
-        record.offset,  # type: ignore[attr-defined]  # source_offset
+        partition,  # source_partition
+        offset,  # source_offset
         event.time,  # event_time
         "upstream" if upstream else event.origin.value,
         None if upstream else decision.legal,
@@ -622,7 +904,7 @@ def outcome_bytes(decision: Decision, record: object, processed_at: str, key: st
             "1.0",
             # Derived from the input position: the same event re-decided after
             # an aborted transaction gets the same outcome id.
-            f"{record.topic}/{record.partition}/{record.offset}",  # type: ignore[attr-defined]
+            f"{record.topic}/{partition}/{offset}",  # type: ignore[attr-defined]
             OUTCOME_SOURCE,
             OUTCOME_TYPES[decision.kind],  # type: ignore[arg-type]
             processed_at,  # time
@@ -668,20 +950,33 @@ def decode_delivery(value: bytes) -> DeliveryRecord:
 
 
 def validate_produced(value: bytes, kind: str) -> None:
-    """Decode ``value`` as the schema type ``kind``; raises on a mismatch."""
-    msgspec.json.decode(value, type=SCHEMA_TYPES[kind])
+    """Decode ``value`` as the format ``kind`` (any of its types); raises on a mismatch."""
+    *others, last = SCHEMA_TYPES[kind].types
+    for typ in others:
+        try:
+            msgspec.json.decode(value, type=typ)
+        except msgspec.ValidationError:
+            continue
+        return
+    msgspec.json.decode(value, type=last)
 
 
 def json_schemas() -> dict[str, dict[str, object]]:
-    """The JSON Schema (draft 2020-12) of every topic's records, by name."""
+    """The JSON Schema (draft 2020-12) of every format of ``SCHEMA_TYPES``, by name."""
     out: dict[str, dict[str, object]] = {}
-    for name, typ in SCHEMA_TYPES.items():
-        schema = msgspec.json.schema(typ)
+    for name, wire_format in SCHEMA_TYPES.items():
+        types = wire_format.types
+        schema: dict[str, object]
+        if len(types) == 1:
+            schema = msgspec.json.schema(types[0])
+        else:
+            refs, components = msgspec.json.schema_components(types)
+            schema = {"anyOf": list(refs), "$defs": components}
         out[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://invoice-sm.example/schemas/{name}.v1.schema.json",
-            "title": typ.__name__,
-            "description": (typ.__doc__ or "").strip().splitlines()[0],
+            "title": wire_format.schema_title or types[0].__name__,
+            "description": wire_format.schema_description or (types[0].__doc__ or "").strip().splitlines()[0],
             **schema,
         }
     return out

@@ -476,10 +476,10 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 async def count_records(bootstrap: str, topic: str) -> int:
     settings = common.load_settings(kafka_bootstrap_servers=bootstrap)
-    from adapters import kafka
+    from adapters import partition_reader
 
     count = 0
-    async for records in kafka.read_to_end(settings, topic, chunk=20_000, timeout=60):
+    async for records in partition_reader.read_to_end(settings, topic, chunk=20_000, timeout=60):
         count += len(records)
     return count
 
@@ -779,7 +779,7 @@ async def latency(
     """Processor + deliverer children; events at a steady ``rate`` for warm-up +
     ``seconds``; then up to ``drain_cap`` s for the last calls. Undelivered
     events at the cut-off are counted as censored (latency >= cut-off - publish)."""
-    from adapters import kafka, wire
+    from adapters import partition_reader, wire
 
     bootstrap = ctx.bootstrap()
     name = common.unique("l")
@@ -838,7 +838,7 @@ async def latency(
     # idempotency key -> processed_at, from the outcomes the processor committed.
     processed: dict[str, float] = {}
     types: Counter[str] = Counter()
-    async for records in kafka.read_to_end(settings, settings.topic_outcomes, chunk=20_000, timeout=60):
+    async for records in partition_reader.read_to_end(settings, settings.topic_outcomes, chunk=20_000, timeout=60):
         for r in records:
             o = wire.decode_outcome(r.value)
             types[o.type] += 1

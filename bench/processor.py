@@ -41,7 +41,7 @@ events, to say where the processor's CPU goes beside the ceiling's.
 **restore** — ``R`` valid ``StateRecord`` JSON values (3 remembered event
 ids each), keyed by invoice key, are published to a compacted 6-partition
 topic (non-transactional, big batches); then, alternately, a raw
-``adapters.kafka.read_to_end`` of that topic (count only, chunk 20 000: the
+``adapters.partition_reader.read_to_end`` of that topic (count only, chunk 20 000: the
 restore's fetch size) and ``consumers.processor.restore_states`` into fresh
 RocksDB stores are timed, in this process.
 
@@ -76,7 +76,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from adapters import kafka, topics
+from adapters import partition_reader, topics
 from bench import common
 from bench.common import BenchContext, Child, GroupProgress
 
@@ -177,7 +177,7 @@ def output_sizes(records: list[tuple[bytes, bytes]], topic: str, partitions: int
 async def _count_records(bootstrap: str, topic: str) -> int:
     settings = common.bench_settings(bootstrap, name="count", state_root=Path("/nonexistent"))
     count = 0
-    async for records in kafka.read_to_end(settings, topic, chunk=20_000, timeout=60):
+    async for records in partition_reader.read_to_end(settings, topic, chunk=20_000, timeout=60):
         count += len(records)
     return count
 
@@ -591,7 +591,7 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
 
     def state_ops_rocksdb() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
-            store = RocksPartitionStore(Path(tmp) / "p0")
+            store = RocksPartitionStore(Path(tmp) / "p0", write_ahead_log=False)  # as the processor opens it
             try:
                 state_ops(store)
             finally:
@@ -646,7 +646,7 @@ def state_values(count: int) -> Iterator[tuple[bytes, bytes]]:
 async def _raw_read(settings: Any) -> tuple[int, float]:
     count = 0
     started = time.perf_counter()
-    async for records in kafka.read_to_end(settings, settings.topic_state, chunk=20_000):
+    async for records in partition_reader.read_to_end(settings, settings.topic_state, chunk=20_000):
         count += len(records)
     return count, time.perf_counter() - started
 
@@ -840,7 +840,7 @@ async def _share_from_prebuilt(settings: Any) -> float:
     import msgspec
 
     total = from_prebuilt = 0
-    async for records in kafka.read_to_end(settings, settings.topic_outcomes, chunk=20_000):
+    async for records in partition_reader.read_to_end(settings, settings.topic_outcomes, chunk=20_000):
         for r in records:
             total += 1
             if msgspec.json.decode(r.value)["data"]["version"] >= 5:

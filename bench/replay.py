@@ -46,7 +46,7 @@ from typing import Any
 
 import msgspec
 
-from adapters import kafka, wire
+from adapters import partition_reader, wire
 from bench import common
 from bench.common import BenchContext, Child
 
@@ -123,17 +123,17 @@ async def _live_outputs(settings: Any) -> dict[str, Any]:
     """Latest state per key, outcome counts by kind, DLQ count (all read_committed)."""
     states: dict[str, Any] = {}
     state_records = 0
-    async for records in kafka.read_to_end(settings, settings.topic_state, chunk=20_000):
+    async for records in partition_reader.read_to_end(settings, settings.topic_state, chunk=20_000):
         for r in records:
             state_records += 1
             states[r.key.decode()] = wire.decode_state(r.value)
     decode_type = msgspec.json.Decoder(_Type).decode
     kinds: Counter[str] = Counter()
-    async for records in kafka.read_to_end(settings, settings.topic_outcomes, chunk=20_000):
+    async for records in partition_reader.read_to_end(settings, settings.topic_outcomes, chunk=20_000):
         for r in records:
             kinds[decode_type(r.value).type.removeprefix("invoice.status.")] += 1
     dlq = 0
-    async for records in kafka.read_to_end(settings, settings.topic_dlq, chunk=20_000):
+    async for records in partition_reader.read_to_end(settings, settings.topic_dlq, chunk=20_000):
         dlq += len(records)
     return {"states": states, "state_records": state_records, "outcomes_by_kind": dict(kinds), "dlq": dlq}
 

@@ -214,6 +214,7 @@ def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dlq_reinject(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.dlq import parse_positions, read_corrected, read_dlq, reinject
+    from consumers.render import print_missing_dlq_records, print_reinjection
 
     chosen = [bool(args.offsets), bool(args.all), bool(args.reason)]
     if sum(chosen) != 1:
@@ -232,17 +233,11 @@ def _dlq_reinject(settings: Settings, args: argparse.Namespace) -> int:
         return report, absent
 
     report, absent = asyncio.run(main())
-    for p, o in absent:
-        print(f"warning: no DLQ record at {p}:{o}", file=sys.stderr)
+    print_missing_dlq_records(absent)
     for item in report.items:
-        if item.status in ("skipped_already_reinjected", "refused"):
-            print(f"warning: dlq {item.entry.short} ({item.entry.view.reason}) {item.status}: {item.detail}", file=sys.stderr)
+        print_reinjection(item, settings.topic_events, line=not args.json)
         if args.json:
             print(json.dumps(item.to_json()))
-        elif item.status == "sent" and item.sent_to is not None:
-            print(f"dlq {item.entry.short} -> {settings.topic_events} {item.sent_to[0]}:{item.sent_to[1]}")
-        elif item.status == "would_send":
-            print(f"dlq {item.entry.short} would be sent (key {item.key!r})")
     print(json.dumps(report.summary()))
     if absent or report.count("refused"):
         return EXIT_FAILED

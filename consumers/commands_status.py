@@ -67,6 +67,7 @@ from adapters.owners import FORWARDED_HEADER, OwnerClient, advertised_url, candi
 from adapters.settings import Settings
 from consumers.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from domain.errors import BrokerError
+from domain.history import delivery_pending
 from domain.model import invoice_key
 
 DEFAULT_EVENTS, MAX_EVENTS = 10, 100
@@ -239,8 +240,6 @@ class InvoiceQuery:
         last_delivery = (
             _delivery(deliveries.records[0].value, notes) if deliveries.records and deliveries.records[0].value else None
         )
-        delivered_version = last_delivery["version"] if last_delivery else 0
-        accepted = [e["version"] for e in found_events if e["decision"] == "accepted" and e["origin"] == "upstream"]
         for topic, part, found in (
             (settings.topic_outcomes, outcomes_partition, outcomes),
             (settings.topic_deliveries, deliveries_partition, deliveries),
@@ -261,8 +260,10 @@ class InvoiceQuery:
             "answered_by": answered_by,
             "events": found_events,
             "last_delivery": last_delivery,
-            # An accepted status newer than the last delivery: still on its way to WeChat.
-            "delivery_pending": bool(accepted) and max(accepted) > delivered_version,
+            "delivery_pending": delivery_pending(
+                ((e["decision"], e["origin"], e["version"]) for e in found_events),
+                last_delivery["version"] if last_delivery else None,
+            ),
             "history_complete": outcomes.complete and deliveries.complete,
             "notes": notes,
         }
@@ -393,7 +394,9 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
         for _, body in answers:
             print(json.dumps(body, ensure_ascii=False))
     else:
-        _render(answers)
+        from consumers.render import print_invoice_answers
+
+        print_invoice_answers(answers)
     return EXIT_OK if all(code == 200 for code, _ in answers) else EXIT_FAILED
 
 
@@ -401,6 +404,8 @@ async def _ask_all(
     settings: Settings, keys: list[tuple[str, str]], *, url: str | None, events: int
 ) -> list[tuple[int, dict[str, Any]]]:
     import httpx
+
+    from consumers.render import print_no_service
 
     answers: list[tuple[int, dict[str, Any]]] = []
     direct: InvoiceQuery | None = None
@@ -414,10 +419,7 @@ async def _ask_all(
                     continue
                 except (httpx.TransportError, ValueError) as exc:
                     # No service there: do what a service that holds nothing would.
-                    print(
-                        f"invoice-sm status: no service answers at {url} ({type(exc).__name__}); reading the topics directly",
-                        file=sys.stderr,
-                    )
+                    print_no_service(url, type(exc).__name__)
             if direct is None:
                 direct = InvoiceQuery(settings, url=None)
             answers.append(await direct.answer(card_id, code, events=events))
@@ -426,51 +428,3 @@ async def _ask_all(
         if direct is not None:
             await direct.close()
     return answers
-
-
-def _render(answers: list[tuple[int, dict[str, Any]]]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    for code, body in answers:
-        key = escape(str(body.get("key", "?")))
-        if code != 200:
-            what = "not found" if code == 404 else f"error {code}: {body.get('error')}"
-            console.print(f"[bold]{key}[/]: {what}", highlight=False)
-            for note in body.get("notes", []):
-                console.print(f"  [dim]{escape(note)}[/]", highlight=False)
-            continue
-        table = Table(title=f"{key}", show_header=False, title_justify="left")
-        table.add_column("field", style="bold")
-        table.add_column("value")
-        table.add_row("status", f"{body['status']}  (version {body['version']})")
-        table.add_row("appid", escape(body["appid"] or "-"))
-        table.add_row("updated", body.get("updated_at") or "-")
-        answered = body["source"] + (f" {body['answered_by']}" if body.get("answered_by") else "")
-        table.add_row("from", f"{answered}, partition {body['partition']}")
-        delivery = body.get("last_delivery")
-        if delivery:
-            table.add_row(
-                "last delivery",
-                f"v{delivery['version']} {delivery['reimburse_status']}: {delivery['result']} "
-                f"(errcode {delivery['errcode']}, {delivery['attempts']} attempts, {delivery['completed_at']})",
-            )
-        else:
-            table.add_row("last delivery", "none found")
-        if body.get("delivery_pending"):
-            table.add_row("", "a newer accepted status is on its way to WeChat")
-        console.print(table)
-        events = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
-        for column in ("processed", "event", "type", "decision", "from -> to", "v", "reason"):
-            events.add_column(column)
-        for e in body["events"]:
-            move = f"{e['from_status']} -> {e['to_status'] or e['requested_status']}"
-            cells = (e["processed_at"], e["event_id"], e["event_type"], e["decision"], move, str(e["version"]), e["reason"] or "")
-            events.add_row(*(escape(str(cell)) for cell in cells))
-        console.print(events)
-        if not body.get("history_complete", True):
-            console.print("  [yellow]history cut: older records were not read[/]")
-        for note in body.get("notes", []):
-            console.print(f"  [dim]{escape(note)}[/]", highlight=False)

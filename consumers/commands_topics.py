@@ -31,18 +31,10 @@ def topics_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = "Exit codes: 0 as the table says, 3 (check) differences found, 1 failure, 2 configuration error."
 
 
-def _retention(ms: int | None) -> str:
-    if ms is None:
-        return "compacted"
-    if ms < 0:
-        return "never"
-    return f"{ms / 86_400_000:g} d" if ms >= 86_400_000 else f"{ms} ms"
-
-
 def topics_command(settings: Settings, args: argparse.Namespace) -> int:
     from adapters import topics
     from consumers.app import configure
-    from consumers.render import print_table
+    from consumers.render import print_partition_counts, print_topic_check, print_topic_table
 
     configure(settings)
     specs = topics.topic_table(settings)
@@ -50,31 +42,14 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([_spec_json(s) for s in specs], indent=2))
         else:
-            print_table(
-                "topics",
-                ["topic", "role", "key", "cleanup", "retention", "partitions", "replication", "min ISR"],
-                [
-                    [
-                        s.name,
-                        s.role,
-                        s.key,
-                        s.cleanup,
-                        _retention(s.retention_ms),
-                        str(s.partitions),
-                        str(s.replication_factor),
-                        str(s.min_insync_replicas),
-                    ]
-                    for s in specs
-                ],
-            )
+            print_topic_table(specs)
         return EXIT_OK
     if args.action == "create":
         counts = asyncio.run(topics.ensure_topics(settings, create=True))
         if args.json:
             print(json.dumps(counts))
         else:
-            for name, n in counts.items():
-                print(f"{name}: {n} partitions")
+            print_partition_counts(counts)
         return EXIT_OK
     _, cluster, differences = asyncio.run(topics.check(settings))
     if args.json:
@@ -88,14 +63,8 @@ def topics_command(settings: Settings, args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    elif differences:
-        print_table(
-            "topics differing from the table",
-            ["topic", "setting", "table", "cluster"],
-            [[d.topic, d.setting, d.expected, d.actual] for d in differences],
-        )
     else:
-        print(f"{len(specs)} topics as the table says")
+        print_topic_check(len(specs), differences)
     return EXIT_DIFFERENCES if differences else EXIT_OK
 
 

@@ -59,7 +59,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, topics, waiting_room, wire
+from adapters import kafka, ownership, topics, wire
 from adapters.metrics import Metrics, NullMetrics
 from adapters.settings import Settings, env_name
 from consumers import delivery_commit
@@ -135,26 +135,17 @@ class Deliverer(ConsumerRebalanceListener):
             return
         try:
             assert self.consumer is not None and self.calls is not None
-            rooms = await waiting_room.read_rooms(self.settings, [tp.partition for tp in new])
-            lanes = await asyncio.gather(
-                *(
-                    delivery_commit.take_over(self.settings, self.group_id, tp, rooms[tp.partition], self.consumer, self.instance)
-                    for tp in new
-                )
-            )
-            begins = await kafka.beginning_offsets(self.consumer, new)
-            positions = {}
-            for tp in new:
-                with kafka.broker_errors("fetch committed offset"):
-                    committed = await self.consumer.committed(tp)
-                positions[tp] = begins[tp] if committed is None else committed
-            # No await from here to the registration (see the processor).
-            for lane in lanes:
-                self.consumer.seek(lane.tp, positions[lane.tp])
-                self.lanes[lane.tp] = lane
-                lane.done_in_room = rooms[lane.partition].done
-                for head in lane.restore(list(rooms[lane.partition].entries.values())):
-                    self.calls.resume(head)
+            calls = self.calls
+            taken = await delivery_commit.take_over(self.settings, self.group_id, new, self.consumer, self.instance)
+
+            def register(tp: TopicPartition) -> None:
+                lane = self.lanes[tp] = taken.lanes[tp]
+                room = taken.rooms[lane.partition]
+                lane.done_in_room = room.done
+                for head in lane.restore(list(room.entries.values())):
+                    calls.resume(head)
+
+            ownership.seek(self.consumer, taken.committed, register)
         except BaseException as exc:
             self._fatal = exc
             raise

@@ -98,6 +98,10 @@ class Calls:
         self.gates: dict[str, AccountGate] = {}
         self.counts: dict[str, int] = {result.value: 0 for result in DeliveryResult}
         self._labelled_appids: set[str] = set()
+        # Labelled children looked up once: ``labels()`` takes a lock and builds a key on every call (~1% of CPU).
+        self._attempts = {kind: metrics.delivery_attempts_total.labels(kind=kind) for kind in ("first", "retry")}
+        self._calls: dict[str, Any] = {}
+        self._results = {result.value: metrics.deliveries_total.labels(result=result.value) for result in DeliveryResult}
 
     # -- scheduling
 
@@ -176,7 +180,7 @@ class Calls:
         job.attempts += 1
         if job.first_attempt is None:
             job.first_attempt = time.time()
-        self.metrics.delivery_attempts_total.labels(kind="first" if job.attempts == 1 else "retry").inc()
+        self._attempts["first" if job.attempts == 1 else "retry"].inc()
         self.metrics.deliveries_in_flight.inc()
         lane.call_started(job)
         started = time.perf_counter()
@@ -198,7 +202,10 @@ class Calls:
         finally:
             lane.call_ended()
             self.metrics.deliveries_in_flight.dec()
-            self.metrics.wechat_calls_total.labels(errcode_class=errcode_class).inc()
+            calls = self._calls.get(errcode_class)
+            if calls is None:
+                calls = self._calls[errcode_class] = self.metrics.wechat_calls_total.labels(errcode_class=errcode_class)
+            calls.inc()
             self.metrics.wechat_latency_seconds.observe(time.perf_counter() - started)
 
     def _after(self, job: Job, exc: BaseException) -> Step:
@@ -265,7 +272,7 @@ class Calls:
             reason=final.reason,
         )
         self.counts[result.value] += 1
-        self.metrics.deliveries_total.labels(result=result.value).inc()
+        self._results[result.value].inc()
         # The canonical log line of a delivery, with the invoice key bound.
         log.info(
             "delivery_final",

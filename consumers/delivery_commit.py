@@ -1,11 +1,15 @@
 """Taking a deliverer partition over, and committing its finished work.
 
-Ownership sequence (``take_over``), per outcome partition:
+Ownership sequence (``take_over``, the one sequence of ``adapters.ownership``),
+per outcome partition:
 
 1. start its transactional producer (transactional id = group-topic-partition):
    this fences the previous owner, whose next commit then fails;
 2. read the partition's waiting room to its end (``adapters.waiting_room``):
-   the waiting deliveries, and the marker the previous owner left;
+   the waiting deliveries, and the marker the previous owner left. Only
+   after step 1: a room read before the fence would miss the entries and
+   the ``closed`` marker of a commit the previous owner makes in between,
+   while that commit moves the offset past their outcomes (they would be lost);
 3. decide the takeover: ``closed`` marker (or no marker and no committed
    offset: a partition nobody consumed yet) = clean (the previous owner's
    calls had ended; offsets it called but did not commit are below its
@@ -36,15 +40,18 @@ Commit order, per partition (``commit``):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from adapters import kafka, waiting_room, wire
+from adapters import kafka, ownership, waiting_room, wire
 from adapters.settings import Settings
 from adapters.store import RocksPartitionStore
 from consumers.delivery_lane import LEDGER_TOKEN_KEY, PartitionLane
@@ -64,61 +71,104 @@ def takeover_wait_s(settings: Settings) -> float:
     return settings.wechat_timeout_s * 2 + 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """Partitions taken over: their lanes, their rooms (as read after the
+    fence) and where each resumes. The caller seeks and registers them."""
+
+    lanes: dict[TopicPartition, PartitionLane]
+    rooms: dict[int, waiting_room.PartitionRoom]
+    committed: dict[TopicPartition, ownership.Committed]
+
+
+RoomReader = Callable[[Settings, list[int]], Awaitable[dict[int, waiting_room.PartitionRoom]]]
+
+
 async def take_over(
     settings: Settings,
     group_id: str,
-    tp: TopicPartition,
-    room: waiting_room.PartitionRoom,
+    partitions: list[TopicPartition],
     consumer: AIOKafkaConsumer,
     instance: str,
-) -> PartitionLane:
-    """Steps 1-5 above, but the seek; returns the lane with its room jobs restored."""
-    producer = kafka.new_transactional_producer(settings, kafka.transactional_id(group_id, tp.topic, tp.partition))
-    with kafka.broker_errors("init deliverer producer"):
-        await producer.start()  # step 1: fences the previous owner
-    path = Path(settings.state_dir) / "deliverer" / f"{tp.topic}-{tp.partition}"
-    ledger = RocksPartitionStore(path)
-    lane = PartitionLane(tp, producer, ledger)
-    try:
-        marker = room.marker
-        clean = marker is not None and marker.state == "closed"
-        if marker is None:
-            # Never owned under this scheme: clean only if nothing was ever
-            # consumed (a new group); otherwise an older version owned it.
-            with kafka.broker_errors("fetch committed offset"):
-                clean = await consumer.committed(tp) is None
-        kept = ledger.get(LEDGER_TOKEN_KEY)
-        if marker is None or kept is None or kept.decode() != marker.token:
-            ledger.wipe()  # step 4: not the ledger of the previous ownership
-        if clean:
-            lane.possibly_applied_below = marker.attempted_below if marker is not None else 0
-        else:
-            ends = await kafka.end_offsets(consumer, [tp])
-            lane.possibly_applied_below = ends[tp]
-            lane.calls_allowed_at = time.time() + takeover_wait_s(settings)
-        # Carried forward: what earlier owners may have called stays "possibly
-        # applied" for the next owner too, not only what this one calls.
-        lane.attempted_below = lane.possibly_applied_below
-        lane.token = uuid.uuid4().hex
-        ledger.apply([(LEDGER_TOKEN_KEY, lane.token.encode())], None)
-        await _write_marker(settings, lane, "open", instance)  # step 5
-        log.info(
-            "deliverer_partition_taken_over",
-            partition=tp.partition,
-            clean=clean,
-            waiting=len(room.entries),
-            calls_after_s=0.0 if clean else round(takeover_wait_s(settings), 1),
+    *,
+    read_rooms: RoomReader = waiting_room.read_rooms,
+) -> TakenOver:
+    """Steps 1-5 above, but the seek, through ``adapters.ownership``'s one
+    sequence: fence = the lanes' producers, restore = the rooms, adopt = the
+    takeover's judgement and the ``open`` marker."""
+    lanes = {tp: _open_lane(settings, group_id, tp) for tp in partitions}
+    rooms: dict[int, waiting_room.PartitionRoom] = {}
+
+    async def fence(tp: TopicPartition) -> None:  # step 1: fences the previous owner
+        with kafka.broker_errors("init deliverer producer"):
+            await lanes[tp].producer.start()
+
+    async def restore(tps: list[TopicPartition]) -> None:  # step 2: after the fence
+        rooms.update(await read_rooms(settings, [tp.partition for tp in tps]))
+
+    async def adopt(committed: dict[TopicPartition, ownership.Committed]) -> None:  # steps 3-5
+        await asyncio.gather(
+            *(
+                _adopt(settings, lanes[tp], rooms[tp.partition], where.offset, consumer, instance)
+                for tp, where in committed.items()
+            )
         )
+
+    try:
+        committed = await ownership.take_ownership(consumer, partitions, fence=fence, restore=restore, adopt=adopt)
     except BaseException:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        ledger.close()
+        for lane in lanes.values():
+            with contextlib.suppress(Exception):
+                await lane.producer.stop()
+            lane.ledger.close()
         raise
-    return lane
+    return TakenOver(lanes, rooms, committed)
+
+
+def _open_lane(settings: Settings, group_id: str, tp: TopicPartition) -> PartitionLane:
+    producer = kafka.new_transactional_producer(settings, kafka.transactional_id(group_id, tp.topic, tp.partition))
+    ledger = RocksPartitionStore(Path(settings.state_dir) / "deliverer" / f"{tp.topic}-{tp.partition}")
+    return PartitionLane(tp, producer, ledger)
+
+
+async def _adopt(
+    settings: Settings,
+    lane: PartitionLane,
+    room: waiting_room.PartitionRoom,
+    committed: int | None,
+    consumer: AIOKafkaConsumer,
+    instance: str,
+) -> None:
+    marker = room.marker
+    # Step 3. No marker: never owned under this scheme; clean only if nothing
+    # was ever consumed (a new group), otherwise an older version owned it.
+    clean = committed is None if marker is None else marker.state == "closed"
+    kept = lane.ledger.get(LEDGER_TOKEN_KEY)
+    if marker is None or kept is None or kept.decode() != marker.token:
+        lane.ledger.wipe()  # step 4: not the ledger of the previous ownership
+    if clean:
+        lane.possibly_applied_below = marker.attempted_below if marker is not None else 0
+    else:
+        ends = await kafka.end_offsets(consumer, [lane.tp])
+        lane.possibly_applied_below = ends[lane.tp]
+        lane.calls_allowed_at = time.time() + takeover_wait_s(settings)
+    # Carried forward: what earlier owners may have called stays "possibly
+    # applied" for the next owner too, not only what this one calls.
+    lane.attempted_below = lane.possibly_applied_below
+    lane.token = uuid.uuid4().hex
+    lane.ledger.apply([(LEDGER_TOKEN_KEY, lane.token.encode())], None)
+    await _write_marker(settings, lane, "open", instance)  # step 5
+    log.info(
+        "deliverer_partition_taken_over",
+        partition=lane.partition,
+        clean=clean,
+        waiting=len(room.entries),
+        calls_after_s=0.0 if clean else round(takeover_wait_s(settings), 1),
+    )
 
 
 async def _write_marker(settings: Settings, lane: PartitionLane, state: str, instance: str) -> None:
-    marker = waiting_room.OwnerMarker(
+    marker = wire.OwnerMarker(
         state=state,  # type: ignore[arg-type]  # "open" | "closed", checked by the callers' literals
         token=lane.token,
         instance=instance,
@@ -131,8 +181,8 @@ async def _write_marker(settings: Settings, lane: PartitionLane, state: str, ins
         with kafka.broker_errors("write owner marker"):
             await lane.producer.send(
                 settings.topic_delivery_waiting,
-                waiting_room.encode(marker),
-                key=waiting_room.OWNER_KEY,
+                wire.encode(marker),
+                key=wire.WAITING_OWNER_KEY,
                 partition=lane.partition,
             )
             await lane.producer.commit_transaction()
@@ -171,14 +221,14 @@ async def commit(
             for key, value in plan.room:
                 await batch.add(room, lane.partition, key, value)
             if closing_as is not None:
-                marker = waiting_room.OwnerMarker(
+                marker = wire.OwnerMarker(
                     state="closed",
                     token=lane.token,
                     instance=closing_as,
                     at=time.time(),
                     attempted_below=lane.attempted_below,
                 )
-                await batch.add(room, lane.partition, waiting_room.OWNER_KEY, waiting_room.encode(marker))
+                await batch.add(room, lane.partition, wire.WAITING_OWNER_KEY, wire.encode(marker))
             await batch.flush()
             with kafka.broker_errors("commit delivery transaction"):
                 if plan.offset is not None:

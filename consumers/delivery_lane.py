@@ -31,7 +31,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from adapters import waiting_room
+from adapters import wire
 from adapters.store import PartitionStore
 from domain.delivery import WaitReason
 from domain.model import invoice_key
@@ -72,9 +72,9 @@ class Job:
     def invoice(self) -> str:
         return invoice_key(self.card_id, self.code)
 
-    def entry(self) -> waiting_room.WaitingEntry:
+    def entry(self) -> wire.WaitingEntry:
         assert self.waiting is not None and self.waiting_since is not None
-        return waiting_room.WaitingEntry(
+        return wire.WaitingEntry(
             idempotency_key=self.key,
             outcome_id=self.outcome_id,
             card_id=self.card_id,
@@ -227,7 +227,7 @@ class PartitionLane:
             self.unfinished += 1
         return None  # its turn comes when the version before it finishes
 
-    def restore(self, entries: list[waiting_room.WaitingEntry]) -> list[Job]:
+    def restore(self, entries: list[wire.WaitingEntry]) -> list[Job]:
         """Jobs from the room (committed before a restart or a move); returns the
         heads of their invoices, which the scheduler resumes at ``resume_at``."""
         heads: list[Job] = []
@@ -346,17 +346,17 @@ class PartitionLane:
                     if item.record is not None:
                         plan.records.append((item.invoice, item.record))
                     if item.in_room:
-                        plan.room.append((waiting_room.done_key(item.key), None))
+                        plan.room.append((wire.waiting_done_key(item.key), None))
                 elif not item.in_room:
                     assert item.record is not None
                     plan.records.append((item.invoice, item.record))
-                    plan.room.append((waiting_room.done_key(item.key), done_value))
+                    plan.room.append((wire.waiting_done_key(item.key), done_value))
             elif isinstance(item, Waiting) and n < in_prefix:
-                plan.room.append((waiting_room.entry_key(item.job.key), waiting_room.encode(item.job.entry())))
+                plan.room.append((wire.waiting_entry_key(item.job.key), wire.encode(item.job.entry())))
         for done in self.finished_in_room:
             assert done.record is not None
             plan.records.append((done.invoice, done.record))
-            plan.room.append((waiting_room.entry_key(done.key), None))
+            plan.room.append((wire.waiting_entry_key(done.key), None))
         plan.released = list(self.after_commit)
         if plan.prefix:
             plan.offset = plan.prefix[-1][0] + 1

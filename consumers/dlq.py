@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from adapters import kafka, wire
+from adapters import kafka, partition_reader, wire
 from adapters.settings import Settings
 from consumers.publish import key_of
 from domain.errors import ConfigurationError, InvalidEventError
@@ -145,7 +145,7 @@ async def read_dlq(
 ) -> list[DlqEntry]:
     """DLQ records (oldest first per partition, partitions in order), filtered."""
     entries: list[DlqEntry] = []
-    async for records in kafka.read_to_end(settings, settings.topic_dlq):
+    async for records in partition_reader.read_to_end(settings, settings.topic_dlq):
         for record in records:
             if positions is not None and (record.partition, record.offset) not in positions:
                 continue
@@ -160,7 +160,7 @@ async def read_dlq(
 async def reinjected_positions(settings: Settings) -> dict[str, tuple[int, int]]:
     """DLQ positions already re-injected -> where (events partition, offset)."""
     found: dict[str, tuple[int, int]] = {}
-    async for records in kafka.read_to_end(settings, settings.topic_events):
+    async for records in partition_reader.read_to_end(settings, settings.topic_events):
         for record in records:
             for name, value in record.headers or ():
                 if name == REINJECTED_HEADER:

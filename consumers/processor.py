@@ -8,10 +8,10 @@ and its transactions. Records of one partition are decided in offset
 order; partitions proceed concurrently.
 
 Taking a partition (on assignment, and again after a fatal producer state
-or a timed-out transaction) is one sequence, ``Processor.take_ownership``;
-its order is the guarantee and is written there. The commit order of a
-batch is written in ``PartitionWorker.process``; what happens when a batch
-cannot commit, in ``PartitionWorker._recover``.
+or a timed-out transaction) is the one sequence of ``adapters.ownership``
+(the deliverer's too); its order is the guarantee and is written there.
+The commit order of a batch is written in ``PartitionWorker.process``; what
+happens when a batch cannot commit, in ``PartitionWorker._recover``.
 
 ``decide_records`` (decode -> decide -> stage) is the one decision loop:
 ``replay`` and the tests' exactly-once oracle run it too. The Kafka clients
@@ -35,7 +35,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, topics, wire
+from adapters import kafka, ownership, topics, wire
 from adapters.metrics import NULL_METRICS, Metrics
 from adapters.partition_reader import open_reader
 from adapters.settings import Settings
@@ -252,20 +252,28 @@ class PartitionWorker:
             stats.dlq_truncated += truncated
             if not batch.append(topic_dlq, dlq_partition, key, value, headers):
                 await batch.ship_full()
-        check = settings.validate_produced
+        # "sample" checks the batch's first record, "all" every one.
+        validate_next = settings.validate_produced != "off"
+        validate_all = settings.validate_produced == "all"
+        append = batch.append
+        wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
+        wechat_reports = stats.wechat_reports
         for record, (decision, state) in zip(decided.records, decided.decisions, strict=True):
-            by_kind[decision.kind] += 1
-            if decision.event.origin is Origin.WECHAT and decision.kind is not DecisionKind.DUPLICATE:
-                stats.wechat_reports[decision.legal] = stats.wechat_reports.get(decision.legal, 0) + 1
+            kind = decision.kind
+            by_kind[kind] += 1
+            event = decision.event
+            if event.origin is wechat and kind is not duplicate:
+                wechat_reports[decision.legal] = wechat_reports.get(decision.legal, 0) + 1
             key = record.key
-            outcome = encode_outcome(decision, record, now, decision.event.key)
-            if not batch.append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
+            outcome = encode_outcome(decision, record, now, event.key)
+            if not append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
                 await batch.ship_full()
-            if state is not None and not batch.append(topic_state, partition, key, state):
+            if state is not None and not append(topic_state, partition, key, state):
                 await batch.ship_full()
-            if check == "all" or (check == "sample" and record is decided.records[0]):
+            if validate_next:
                 # A bug that produced off-schema stops the processor here, before
                 # the commit: nothing off-schema is ever committed.
+                validate_next = validate_all
                 wire.validate_produced(outcome, "outcome")
                 if state is not None:
                     wire.validate_produced(state, "state")
@@ -349,7 +357,7 @@ class PartitionWorker:
     async def _retake(self, reason: str) -> None:
         """The ownership sequence again, for this one partition, with a new producer."""
         await self.replace_producer(reason)
-        position = (await self.processor.take_ownership({self.tp: self}))[self.tp]
+        position = (await self.processor.take_ownership({self.tp: self}))[self.tp].position
         self.processor.seek(self.tp, position)
         log.info("partition_retaken", partition=self.tp.partition, reason=reason, position=position)
 
@@ -496,39 +504,38 @@ class Processor(ConsumerRebalanceListener):
 
     # -- ownership
 
-    async def take_ownership(self, workers: dict[TopicPartition, PartitionWorker]) -> dict[TopicPartition, int]:
-        """The partition-ownership sequence; returns the position to seek each partition to.
+    async def take_ownership(self, workers: dict[TopicPartition, PartitionWorker]) -> dict[TopicPartition, ownership.Committed]:
+        """The partition-ownership sequence (``adapters.ownership``, where its
+        order is written); returns where each partition resumes.
 
-        Used on assignment and whenever a worker takes its partition back.
-        The order is the guarantee:
-
-        1. start the partitions' transactional producers: ``InitProducerId``
-           fences any previous owner and waits until its open transaction is
-           resolved (committed or aborted);
-        2. restore each state store from the changelog partition
-           (``invoice.state``, same number), from its checkpoint to the end;
-        3. fetch the committed offset *now* (aiokafka fetched one before step
-           1, possibly before the old owner's last commit landed).
+        Used on assignment and whenever a worker takes its partition back:
+        fence = the workers' transactional producers; restore = each state
+        store from its changelog partition (``invoice.state``, same number),
+        from its checkpoint to the end.
         """
-        for worker in workers.values():
-            worker.open_store()
-        await asyncio.gather(*(w.start_producer() for w in workers.values()))  # step 1
-        await restore_states(  # step 2
-            self.settings,
-            {tp.partition: w.states for tp, w in workers.items() if w.states is not None},
-            metrics=self.metrics,
-            consumer=self.clients.consumer(group_id=None),
-        )
-        assert self.consumer is not None
-        begins = await kafka.beginning_offsets(self.consumer, list(workers))
-        positions: dict[TopicPartition, int] = {}
-        for tp in workers:  # step 3
-            with kafka.broker_errors("fetch committed offset"):
-                committed = await self.consumer.committed(tp)
-            positions[tp] = begins[tp] if committed is None else committed
-        return positions
 
-    async def _take_ownership_through_outages(self, workers: dict[TopicPartition, PartitionWorker]) -> dict[TopicPartition, int]:
+        async def fence(tp: TopicPartition) -> None:
+            await workers[tp].start_producer()
+
+        async def restore(partitions: list[TopicPartition]) -> None:
+            states: dict[int, InvoiceStates] = {}
+            for tp in partitions:
+                workers[tp].open_store()
+                if (worker_states := workers[tp].states) is not None:
+                    states[tp.partition] = worker_states
+            await restore_states(
+                self.settings,
+                states,
+                metrics=self.metrics,
+                consumer=self.clients.consumer(group_id=None),
+            )
+
+        assert self.consumer is not None
+        return await ownership.take_ownership(self.consumer, list(workers), fence=fence, restore=restore)
+
+    async def _take_ownership_through_outages(
+        self, workers: dict[TopicPartition, PartitionWorker]
+    ) -> dict[TopicPartition, ownership.Committed]:
         """``take_ownership``, waiting out a broker that cannot be reached.
 
         A rebalance often comes *because* of an outage (sessions expire while
@@ -542,7 +549,7 @@ class Processor(ConsumerRebalanceListener):
         attempts = 0
         while True:
             try:
-                positions = await self.take_ownership(workers)
+                committed = await self.take_ownership(workers)
             except BrokerError as exc:
                 if isinstance(exc, FencedError):
                     raise  # a newer producer of ours appeared during our own init: not an outage
@@ -556,7 +563,7 @@ class Processor(ConsumerRebalanceListener):
                 continue
             for worker in workers.values():
                 worker.mark_stalled(None)
-            return positions
+            return committed
 
     # -- rebalance (awaited by aiokafka's coordinator)
 
@@ -574,13 +581,9 @@ class Processor(ConsumerRebalanceListener):
         workers = {tp: PartitionWorker(self, tp) for tp in new}
         self._assigning = workers
         try:
-            positions = await self._take_ownership_through_outages(workers)
+            committed = await self._take_ownership_through_outages(workers)
             assert self.consumer is not None
-            # No await from here to the registration: the main loop must never
-            # hold records of a registered worker fetched from another position.
-            for tp, position in positions.items():
-                self.consumer.seek(tp, position)
-            self.workers.update(workers)
+            ownership.seek(self.consumer, committed, lambda tp: self.workers.__setitem__(tp, workers[tp]))
         except BaseException as exc:
             # aiokafka logs and swallows callback errors; a partition we
             # failed to open would then be silently ignored. Stop instead.

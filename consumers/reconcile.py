@@ -31,7 +31,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from adapters import kafka, topics, waiting_room, wire
+from adapters import kafka, partition_reader, topics, waiting_room, wire
 from adapters.metrics import NULL_METRICS, Metrics
 from adapters.settings import Settings, env_name
 from adapters.wechat_sim_client import CardQuery, card_statuses
@@ -148,7 +148,7 @@ class EvidenceIndex:
         elif outcome.type == OutcomeType.REPAIR.value and data.idempotency_key:
             self._get(invoice_key(data.card_id, data.code)).repairs.add(data.idempotency_key)
 
-    def add_waiting(self, partition: int, entry: waiting_room.WaitingEntry) -> None:
+    def add_waiting(self, partition: int, entry: wire.WaitingEntry) -> None:
         """A live entry of the waiting room (as ``waiting_room.read_rooms`` leaves them)."""
         self._get(invoice_key(entry.card_id, entry.code)).waiting.append(
             WaitingDelivery(
@@ -194,7 +194,7 @@ def repair_outcome(plan: RepairPlan, now: str) -> wire.OutcomeEvent:
 
 
 async def _read_into(settings: Settings, topic: str, add: Callable[[_Record], None]) -> None:
-    async for records in kafka.read_to_end(settings, topic):
+    async for records in partition_reader.read_to_end(settings, topic):
         for record in records:
             add(record)
 

@@ -3,7 +3,9 @@
 Every command that renders does it here, so the modules that read topics and
 decide stay free of presentation, and tables look alike across commands.
 ``rich`` is imported inside the functions: commands that print nothing (the
-services) never load it.
+services) never load it. One-line messages (warnings, a command's one-line
+answer) are printed plainly, not through rich: rich would wrap them at the
+console's width and read any ``[...]`` in them as markup.
 
 Progress goes to stderr, so stdout keeps only the result (``--json -`` pipes
 cleanly): a rich bar on a terminal, a log line every ``LOG_EVERY_S`` off one
@@ -14,16 +16,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import structlog
 
 from domain.reconcile import DIFFERENCE_KINDS, ReconcileReport, short
 
 if TYPE_CHECKING:
-    from consumers.dlq import DlqEntry
+    from adapters.topics import Difference, TopicSpec
+    from consumers.dlq import DlqEntry, Reinjection
     from consumers.replay import ReplayResult
 
 log = structlog.get_logger("invoice_sm.render")
@@ -38,9 +41,15 @@ def _console(console: Any) -> Any:
     return console if console is not None else Console()
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], console: Any = None) -> None:
-    """A plain table; wide enough for topic names when piped (rich assumes 80 columns then)."""
+def _wide_console(console: Any) -> Any:
+    """``console``, or stdout's: wide enough for topic names and keys when piped (rich assumes 80 columns then)."""
     from rich.console import Console
+
+    return console if console is not None else Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], console: Any = None) -> None:
+    """A plain table."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -48,7 +57,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    (console or Console(width=None if sys.stdout.isatty() else 160)).print(table)
+    _wide_console(console).print(table)
 
 
 # ------------------------------------------------------------------ progress
@@ -341,3 +350,170 @@ def print_dlq_entries(entries: Sequence[DlqEntry], console: Any = None, *, width
         counts[e.view.reason] = counts.get(e.view.reason, 0) + 1
     if counts:
         console.print("by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
+
+
+def print_missing_dlq_records(positions: Sequence[tuple[int, int]], err: TextIO | None = None) -> None:
+    """A warning on stderr per chosen DLQ position that holds no record."""
+    for partition, offset in positions:
+        print(f"warning: no DLQ record at {partition}:{offset}", file=err or sys.stderr)
+
+
+def print_reinjection(
+    item: Reinjection, topic: str, *, line: bool = True, out: TextIO | None = None, err: TextIO | None = None
+) -> None:
+    """One chosen DLQ record: a warning on stderr when it was skipped or refused,
+    then (``line``: not in ``--json`` mode) where it went, or would go, on stdout."""
+    if item.status in ("skipped_already_reinjected", "refused"):
+        print(f"warning: dlq {item.entry.short} ({item.entry.view.reason}) {item.status}: {item.detail}", file=err or sys.stderr)
+    if not line:
+        return
+    if item.status == "sent" and item.sent_to is not None:
+        print(f"dlq {item.entry.short} -> {topic} {item.sent_to[0]}:{item.sent_to[1]}", file=out)
+    elif item.status == "would_send":
+        print(f"dlq {item.entry.short} would be sent (key {item.key!r})", file=out)
+
+
+# ------------------------------------------------------------------ topics
+
+
+def _retention(ms: int | None) -> str:
+    """A topic's retention as the table shows it."""
+    if ms is None:
+        return "compacted"
+    if ms < 0:
+        return "never"
+    return f"{ms / 86_400_000:g} d" if ms >= 86_400_000 else f"{ms} ms"
+
+
+def print_topic_table(specs: Sequence[TopicSpec], console: Any = None) -> None:
+    """``topics describe``: the table the settings give."""
+    print_table(
+        "topics",
+        ["topic", "role", "key", "cleanup", "retention", "partitions", "replication", "min ISR"],
+        [
+            [
+                s.name,
+                s.role,
+                s.key,
+                s.cleanup,
+                _retention(s.retention_ms),
+                str(s.partitions),
+                str(s.replication_factor),
+                str(s.min_insync_replicas),
+            ]
+            for s in specs
+        ],
+        console,
+    )
+
+
+def print_partition_counts(counts: Mapping[str, int], out: TextIO | None = None) -> None:
+    """``topics create``: each topic's partitions."""
+    for name, n in counts.items():
+        print(f"{name}: {n} partitions", file=out)
+
+
+def print_topic_check(topics: int, differences: Sequence[Difference], console: Any = None, out: TextIO | None = None) -> None:
+    """``topics check``: the differences as a table, or one line saying there are none."""
+    if differences:
+        print_table(
+            "topics differing from the table",
+            ["topic", "setting", "table", "cluster"],
+            [[d.topic, d.setting, d.expected, d.actual] for d in differences],
+            console,
+        )
+    else:
+        print(f"{topics} topics as the table says", file=out)
+
+
+# ------------------------------------------------------------------ status
+
+
+def print_no_service(url: str, error: str, err: TextIO | None = None) -> None:
+    """``status``: no service answered at ``url``; the command reads the topics itself."""
+    print(f"invoice-sm status: no service answers at {url} ({error}); reading the topics directly", file=err or sys.stderr)
+
+
+def print_invoice_answers(answers: Sequence[tuple[int, Mapping[str, Any]]], console: Any = None) -> None:
+    """``status``: per key, what the service knows (a table), its last events
+    (oldest first), whether the history was cut, and the notes; a key not
+    answered gets one line and its notes."""
+    console = _wide_console(console)
+    for code, body in answers:
+        if code == 200:
+            _print_invoice(body, console)
+        else:
+            _print_unanswered(code, body, console)
+
+
+def _print_unanswered(code: int, body: Mapping[str, Any], console: Any) -> None:
+    from rich.markup import escape
+
+    what = "not found" if code == 404 else f"error {code}: {escape(str(body.get('error')))}"
+    console.print(f"[bold]{escape(str(body.get('key', '?')))}[/]: {what}", highlight=False)
+    _print_status_notes(body, console)
+
+
+def _print_invoice(body: Mapping[str, Any], console: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(str(body.get("key", "?"))), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for field, value in _invoice_fields(body):
+        table.add_row(field, escape(value))
+    console.print(table)
+    events = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    for column in ("processed", "event", "type", "decision", "from -> to", "v", "reason"):
+        events.add_column(column)
+    for event in body["events"]:
+        events.add_row(*(escape(cell) for cell in _event_row(event)))
+    console.print(events)
+    if not body.get("history_complete", True):
+        console.print("  [yellow]history cut: older records were not read[/]")
+    _print_status_notes(body, console)
+
+
+def _print_status_notes(body: Mapping[str, Any], console: Any) -> None:
+    from rich.markup import escape
+
+    for note in body.get("notes", []):
+        console.print(f"  [dim]{escape(note)}[/]", highlight=False)
+
+
+def _invoice_fields(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The rows of a found invoice's table, as (field, plain text)."""
+    answered = body["source"] + (f" {body['answered_by']}" if body.get("answered_by") else "")
+    delivery = body.get("last_delivery")
+    rows = [
+        ("status", f"{body['status']}  (version {body['version']})"),
+        ("appid", body["appid"] or "-"),
+        ("updated", body.get("updated_at") or "-"),
+        ("from", f"{answered}, partition {body['partition']}"),
+        (
+            "last delivery",
+            f"v{delivery['version']} {delivery['reimburse_status']}: {delivery['result']} "
+            f"(errcode {delivery['errcode']}, {delivery['attempts']} attempts, {delivery['completed_at']})"
+            if delivery
+            else "none found",
+        ),
+    ]
+    if body.get("delivery_pending"):
+        rows.append(("", "a newer accepted status is on its way to WeChat"))
+    return rows
+
+
+def _event_row(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """One row of the events table, as plain text."""
+    move = f"{event['from_status']} -> {event['to_status'] or event['requested_status']}"
+    cells = (
+        event["processed_at"],
+        event["event_id"],
+        event["event_type"],
+        event["decision"],
+        move,
+        event["version"],
+        event["reason"] or "",
+    )
+    return tuple(str(cell) for cell in cells)

@@ -11,7 +11,7 @@ import asyncio
 
 from adapters import topics
 from adapters.logging import register_secret
-from adapters.settings import Settings
+from adapters.settings import Settings, env_name
 from adapters.webhook_publisher import KafkaPushPublisher
 from adapters.webhook_server import WebhookConfig, WebhookMetrics, WebhookServer
 from adapters.wechat_crypto import PushCipher
@@ -40,7 +40,8 @@ def build_config(settings: Settings) -> WebhookConfig:
             from domain.errors import ConfigurationError
 
             raise ConfigurationError(
-                "INVOICE_SM_WECHAT_APPID", "required with INVOICE_SM_WECHAT_ENCODING_AES_KEY (the appid pushes are encrypted for)"
+                env_name("wechat_appid"),
+                f"required with {env_name('wechat_encoding_aes_key')} (the appid pushes are encrypted for)",
             )
     return WebhookConfig(
         token=token,

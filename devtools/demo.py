@@ -168,10 +168,10 @@ async def _run(settings: Settings, sim: Any, n_invoices: int, console: Console, 
 
 
 async def _read(settings: Settings, topic: str) -> list[Any]:
-    from adapters import kafka
+    from adapters import partition_reader
 
     out: list[Any] = []
-    async for records in kafka.read_to_end(settings, topic):
+    async for records in partition_reader.read_to_end(settings, topic):
         out.extend(records)
     return out
 

@@ -1,17 +1,22 @@
 """Versioned JSON Schemas (draft 2020-12) of every topic, and an AsyncAPI 3.0
 document naming topics, keys, headers and schemas, and the operations of the
-processor and the deliverer.
+processor, the deliverer and the webhook.
 
-The files are generated from the wire types in ``adapters.wire``
-(``invoice-sm schemas --write``); ``tests/unit/test_schemas.py`` fails when
-the checked-in files differ from what the code would generate.
+The files are generated (``invoice-sm schemas --write``) from two tables: the
+record formats of ``adapters.wire.SCHEMA_TYPES`` (a schema file and an
+AsyncAPI message each) and the topics of ``adapters.topics.topic_table``
+(channels, and the operations on them). ``tests/unit/test_schemas.py`` fails
+when the checked-in files differ from what the code would generate.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapters.wire import WireFormat
 
 SCHEMA_VERSION = 1
 
@@ -25,7 +30,7 @@ def schema_file(kind: str) -> str:
 
 
 def load(kind: str) -> dict[str, Any]:
-    """A checked-in schema by kind (event, outcome, state, delivery, dlq)."""
+    """A checked-in schema by kind (a row of ``adapters.wire.SCHEMA_TYPES``)."""
     return json.loads((schema_dir() / schema_file(kind)).read_text())
 
 
@@ -59,53 +64,41 @@ def _headers(properties: dict[str, Any], required: list[str], *, others: bool, d
     )
 
 
-def _component_schema() -> dict[str, Any]:
-    import msgspec
-
-    from adapters.webhook_messages import ComponentRecord
-
-    # Inline (no file of its own): the record is flat, so its one definition is the schema.
-    (_,), components = msgspec.json.schema_components([ComponentRecord], ref_template="#/$defs/{name}")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **components["ComponentRecord"]}
-
-
-def asyncapi() -> dict[str, Any]:
-    """The AsyncAPI 3.0.0 document: channels (topics), messages, and what the
-    processor and the deliverer each do on them (operations)."""
-    from adapters.settings import Settings
-    from adapters.wire import DLQ_HEADERS, DLQ_REASONS
-
-    defaults = {name: f.default for name, f in Settings.model_fields.items()}
-    partitions = defaults["topic_partitions"]
-    key_schema = {
-        "type": "string",
-        "description": "the invoice key: card_id/code",
-        "pattern": "^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}$",
-    }
-    invoice_key = {"key": key_schema, "bindingVersion": _KAFKA_BINDING}
-
-    def content_type_header(value: str, why: str) -> dict[str, Any]:
-        return _headers(
-            {"content-type": {"const": value, "description": why}},
+def _message(name: str, wire_format: WireFormat) -> dict[str, Any]:
+    """The AsyncAPI message of a row of ``adapters.wire.SCHEMA_TYPES``: its
+    payload is the row's schema file."""
+    message: dict[str, Any] = {"name": name, "title": wire_format.title}
+    if wire_format.summary:
+        message["summary"] = wire_format.summary
+    if wire_format.description:
+        message["description"] = wire_format.description
+    message["contentType"] = wire_format.content_type
+    if wire_format.content_type_header:
+        message["headers"] = _headers(
+            {"content-type": {"const": wire_format.content_type, "description": wire_format.content_type_header}},
             ["content-type"],
             others=False,
             description="Kafka record headers",
         )
+    message["payload"] = _schema({"$ref": f"./{schema_file(name)}"})
+    message["bindings"] = {"kafka": _key_binding(wire_format)}
+    return message
 
-    def channel(address: str, cleanup: str, description: str, messages: list[str], **config: Any) -> dict[str, Any]:
-        return {
-            "address": address,
-            "description": description,
-            "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in messages},
-            "bindings": {
-                "kafka": {
-                    "partitions": partitions,
-                    "topicConfiguration": {"cleanup.policy": [cleanup], **config},
-                    "bindingVersion": _KAFKA_BINDING,
-                }
-            },
-        }
 
+def _key_binding(wire_format: WireFormat) -> dict[str, Any]:
+    key: dict[str, Any] = {"type": "string", "description": wire_format.key}
+    if wire_format.key_pattern is not None:
+        key["pattern"] = wire_format.key_pattern
+    return {"key": key, "bindingVersion": _KAFKA_BINDING}
+
+
+def _written_out(formats: dict[str, WireFormat]) -> dict[str, dict[str, Any]]:
+    """The messages that need more than a row of ``SCHEMA_TYPES`` says: the
+    two modes of a lifecycle event (one format, two messages) and the DLQ's
+    headers and raw payload."""
+    from adapters.wire import DLQ_HEADERS, DLQ_REASONS
+
+    event = formats["event"]
     ce_required = ["ce_specversion", "ce_id", "ce_source", "ce_type"]
     binary_headers = {h: {"type": "string"} for h in ce_required}
     binary_headers["ce_specversion"] = {"const": "1.0"}
@@ -123,14 +116,13 @@ def asyncapi() -> dict[str, Any]:
         "pattern": "^[0-9a-f]{64}$",
         "description": "SHA-256 of the original value, before it was cut",
     }
-
-    messages: dict[str, Any] = {
+    return {
         "eventStructured": {
             "name": "eventStructured",
-            "title": "Lifecycle event, structured mode",
+            "title": f"{event.title}, structured mode",
             "summary": "A CloudEvent 1.0 in the record value (content-type application/cloudevents+json). "
             "A record without content-type is read as structured JSON too.",
-            "contentType": STRUCTURED,
+            "contentType": event.content_type,
             "headers": _headers(
                 {
                     "content-type": {
@@ -147,208 +139,77 @@ def asyncapi() -> dict[str, Any]:
                 description="Kafka record headers",
             ),
             "payload": _schema({"$ref": f"./{schema_file('event')}"}),
-            "bindings": {"kafka": invoice_key},
+            "bindings": {"kafka": _key_binding(event)},
         },
         "eventBinary": {
             "name": "eventBinary",
-            "title": "Lifecycle event, binary mode",
+            "title": f"{event.title}, binary mode",
             "summary": "CloudEvents Kafka binding, binary mode: attributes in ce_* headers, the event's data "
             "object as the record value. The Kafka key must be the invoice key.",
             "contentType": "application/json",
             "headers": _headers(binary_headers, ce_required, others=True, description="ce_* attribute headers"),
             "payload": _schema({"$ref": f"./{schema_file('event')}#/$defs/EventData"}),
-            "bindings": {"kafka": invoice_key},
-        },
-        "outcome": {
-            "name": "outcome",
-            "title": "Decision",
-            "summary": "Exactly one per valid event: a CloudEvent 1.0, structured mode.",
-            "contentType": STRUCTURED,
-            "headers": content_type_header(STRUCTURED, "CloudEvents Kafka binding, structured mode"),
-            "payload": _schema({"$ref": f"./{schema_file('outcome')}"}),
-            "bindings": {"kafka": invoice_key},
-        },
-        "state": {
-            "name": "state",
-            "title": "Latest state of an invoice",
-            "contentType": "application/json",
-            "payload": _schema({"$ref": f"./{schema_file('state')}"}),
-            "bindings": {"kafka": invoice_key},
-        },
-        "delivery": {
-            "name": "delivery",
-            "title": "Final WeChat delivery record",
-            "summary": "One per accepted outcome (and repair): a CloudEvent 1.0 of type invoice.delivery.recorded, "
-            "structured mode; id = idempotency key @ result, subject = the invoice key, data = the "
-            "delivery record (result, errcode, attempts, timings, reason).",
-            "contentType": STRUCTURED,
-            "headers": content_type_header(STRUCTURED, "CloudEvents Kafka binding, structured mode"),
-            "payload": _schema({"$ref": f"./{schema_file('delivery')}"}),
-            "bindings": {"kafka": invoice_key},
-        },
-        "waiting": {
-            "name": "waiting",
-            "title": "Waiting delivery or partition owner marker",
-            "summary": "Key `w:<idempotency key>`: a delivery waiting off the commit path (tombstone when it ends); "
-            "key `o:owner`: the partition's ownership marker (open/closed).",
-            "contentType": "application/json",
-            "payload": _schema({"$ref": f"./{schema_file('waiting')}"}),
-            "bindings": {
-                "kafka": {
-                    "key": {"type": "string", "description": "w:<idempotency key> or o:owner"},
-                    "bindingVersion": _KAFKA_BINDING,
-                }
-            },
-        },
-        "component": {
-            "name": "component",
-            "title": "WeChat component push (third-party platform)",
-            "summary": "Written by the webhook: the newest component_verify_ticket (key: the component appid) and each "
-            "authorizer's latest authorized/updateauthorized/unauthorized (key: component_appid/authorizer_appid). "
-            "Every deliverer reads all of it from the beginning, without a consumer group.",
-            "description": "`ticket` is a credential: the topic is for this service's deliverers only (ACLs), "
-            "and it is never logged.",
-            "contentType": "application/json",
-            "headers": content_type_header("application/json", "a plain JSON record"),
-            "payload": _schema(_component_schema()),
-            "bindings": {
-                "kafka": {
-                    "key": {"type": "string", "description": "component_appid or component_appid/authorizer_appid"},
-                    "bindingVersion": _KAFKA_BINDING,
-                }
-            },
+            "bindings": {"kafka": _key_binding(event)},
         },
         "dlq": {
-            "name": "dlq",
-            "title": "Refused input",
-            "summary": "The original record byte for byte (value cut to fit the broker's limit, then marked), "
-            "its original headers, and dlq.* headers naming the error and the source position.",
+            **_message("dlq", formats["dlq"]),
             "description": "The value is whatever arrived: it may be empty, not UTF-8 or not JSON, so no content type "
             "is promised. Reasons: "
             + ", ".join(f"`{k}` ({v})" for k, v in DLQ_REASONS.items())
             + f". `invoice-sm dlq list` prints a record as {schema_file('dlq')}.",
-            "contentType": "application/octet-stream",
             "headers": _headers(
                 dlq_properties, dlq_required, others=True, description="dlq.* headers, plus the original record's headers"
             ),
             "payload": _schema({"description": "the original record value, as bytes (not a JSON document)"}),
+        },
+    }
+
+
+def asyncapi() -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document: channels (topics), messages, and what the
+    processor, the deliverer and the webhook each do on them (operations).
+
+    All of it comes from two tables: the topics (``adapters.topics.topic_table``
+    as built from the default settings, not the environment's: names, cleanup,
+    retention, min ISR, messages, operations) and the record formats
+    (``adapters.wire.SCHEMA_TYPES``). Only ``_written_out``'s messages are
+    written here.
+    """
+    from adapters.settings import Settings
+    from adapters.topics import topic_table
+    from adapters.wire import SCHEMA_TYPES
+
+    specs = topic_table(Settings.model_construct())
+    written_out = _written_out(SCHEMA_TYPES)
+    messages: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for spec in specs:
+        for name in spec.messages:
+            if name not in messages:
+                messages[name] = written_out[name] if name in written_out else _message(name, SCHEMA_TYPES[name])
+        config: dict[str, Any] = {k: (int(v) if k != "cleanup.policy" else v) for k, v in spec.configs().items()}
+        config["cleanup.policy"] = [spec.cleanup]
+        channels[spec.role] = {
+            "address": spec.name,
+            "description": f"{spec.description[0].upper()}{spec.description[1:]}.",
+            "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in spec.messages},
             "bindings": {
                 "kafka": {
-                    "key": {"type": "string", "description": "the original key, byte for byte"},
+                    "partitions": spec.partitions,
+                    "topicConfiguration": config,
                     "bindingVersion": _KAFKA_BINDING,
                 }
             },
-        },
-    }
-    # Channels come from the one topic table (adapters/topics.py), as built
-    # from the default settings (not the environment's): names, cleanup,
-    # retention, min ISR.
-    from adapters.topics import topic_table
-
-    channel_messages = {
-        "events": ["eventStructured", "eventBinary"],
-        "outcomes": ["outcome"],
-        "state": ["state"],
-        "deliveries": ["delivery"],
-        "waiting": ["waiting"],
-        "dlq": ["dlq"],
-        "component": ["component"],
-    }
-    channels = {}
-    for spec in topic_table(Settings.model_construct()):
-        config: dict[str, Any] = {k: (int(v) if k != "cleanup.policy" else v) for k, v in spec.configs().items()}
-        config.pop("cleanup.policy")
-        channels[spec.role] = channel(
-            spec.name,
-            spec.cleanup,
-            f"{spec.description[0].upper()}{spec.description[1:]}.",
-            channel_messages[spec.role],
-            **config,
-        )
-
-    def operation(service: str, action: str, name: str, messages: list[str], summary: str) -> dict[str, Any]:
-        return {
-            "action": action,
-            "channel": {"$ref": f"#/channels/{name}"},
-            "summary": summary,
-            "messages": [{"$ref": f"#/channels/{name}/messages/{m}"} for m in messages],
-            "tags": [{"$ref": f"#/components/tags/{service}"}],
         }
-
-    operations = {
-        "processorReceiveEvents": operation(
-            "processor",
-            "receive",
-            "events",
-            ["eventStructured", "eventBinary"],
-            "Consumer group per INVOICE_SM_GROUP_ID, read_committed; decides each event in partition order.",
-        ),
-        "processorSendOutcomes": operation(
-            "processor",
-            "send",
-            "outcomes",
-            ["outcome"],
-            "One outcome per valid event, in the input's transaction (exactly once).",
-        ),
-        "processorSendState": operation(
-            "processor", "send", "state", ["state"], "The invoice's new state, in the same transaction."
-        ),
-        "processorSendDlq": operation(
-            "processor", "send", "dlq", ["dlq"], "Every record it cannot decide, in the same transaction."
-        ),
-        "delivererReceiveOutcomes": operation(
-            "deliverer",
-            "receive",
-            "outcomes",
-            ["outcome"],
-            "Accepted (and repair) outcomes become updatestatus calls to WeChat, per invoice in version order.",
-        ),
-        "delivererSendDeliveries": operation(
-            "deliverer",
-            "send",
-            "deliveries",
-            ["delivery"],
-            "The final record of each delivery, in one transaction with the consumed offsets.",
-        ),
-        "delivererSendWaiting": operation(
-            "deliverer",
-            "send",
-            "waiting",
-            ["waiting"],
-            "Deliveries that wait for their account or a long backoff, and ownership markers, in the same transactions.",
-        ),
-        "delivererReceiveWaiting": operation(
-            "deliverer",
-            "receive",
-            "waiting",
-            ["waiting"],
-            "Read to its end when a partition is taken over: the waiting deliveries resume, "
-            "the marker says how the last owner left.",
-        ),
-        "webhookSendEvents": operation(
-            "webhook",
-            "send",
-            "events",
-            ["eventStructured"],
-            "WeChat's update_invoice_status push as an invoice.wechat.status_reported event (id derived from the push, "
-            "so WeChat's retries are one event), keyed by the invoice key; answered success only once acknowledged.",
-        ),
-        "webhookSendComponent": operation(
-            "webhook",
-            "send",
-            "component",
-            ["component"],
-            "component_verify_ticket, authorized, updateauthorized and unauthorized pushes.",
-        ),
-        "delivererReceiveComponent": operation(
-            "deliverer",
-            "receive",
-            "component",
-            ["component"],
-            "Every partition from the beginning, no group: the newest ticket refreshes component tokens; "
-            "unauthorized ends that authorizer's deliveries with reason unauthorized.",
-        ),
-    }
+        for op in spec.operations:
+            operations[f"{op.service}{op.action.capitalize()}{spec.role.capitalize()}"] = {
+                "action": op.action,
+                "channel": {"$ref": f"#/channels/{spec.role}"},
+                "summary": op.summary,
+                "messages": [{"$ref": f"#/channels/{spec.role}/messages/{m}"} for m in op.messages or spec.messages],
+                "tags": [{"$ref": f"#/components/tags/{op.service}"}],
+            }
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -380,10 +241,8 @@ def asyncapi() -> dict[str, Any]:
 
 def generated_files(settings: object | None = None) -> dict[str, str]:
     """File name -> content, exactly as ``schemas --write`` writes them."""
-    from adapters.waiting_room import json_schema as waiting_schema
     from adapters.wire import json_schemas
 
     files = {schema_file(kind): _dump(schema) for kind, schema in json_schemas().items()}
-    files[schema_file("waiting")] = _dump(waiting_schema())
     files["asyncapi.json"] = _dump(asyncapi())
     return files

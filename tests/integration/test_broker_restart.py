@@ -11,7 +11,7 @@ import pytest
 from adapters.settings import Settings, load_settings
 from devtools.kafka_local import LocalKafka
 from tests.factories import random_stream
-from tests.support.kafka_io import produce_events, read_topic
+from tests.support.kafka_io import produce_events, read_topic, wait_for_count
 from tests.support.processes import Service
 from tests.support.verify import assert_exactly_once
 
@@ -43,7 +43,9 @@ async def test_processor_survives_a_broker_kill_and_decides_each_event_once(own_
     processor = Service("process", settings, tmp_path / "process.log")
     try:
         await produce_events(settings, events[:3000])
-        await asyncio.sleep(1.0)
+        # The kill must come while the processor is deciding, not while it is
+        # still starting (a start that cannot reach the broker fails, naming it).
+        assert await wait_for_count(settings, settings.topic_outcomes, 1, timeout=60), processor.log_text()[-3000:]
         await asyncio.to_thread(own_broker.kill)  # SIGKILL: log recovery on restart
         await asyncio.sleep(2.0)
         await asyncio.to_thread(own_broker.restart)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, topics, wire
+from adapters import kafka, partition_reader, topics, wire
 from adapters.settings import Settings
 from tests.factories import encode
 
@@ -41,7 +41,7 @@ async def read_topic(
 ) -> list[ConsumerRecord]:
     """Every record of ``topic`` up to its current end, in partition order."""
     out: list[ConsumerRecord] = []
-    async for records in kafka.read_to_end(settings, topic, read_committed=read_committed, timeout=timeout):
+    async for records in partition_reader.read_to_end(settings, topic, read_committed=read_committed, timeout=timeout):
         out.extend(records)
     return out
 

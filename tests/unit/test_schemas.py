@@ -6,10 +6,14 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import jsonschema
+import msgspec
 import pytest
+from aiokafka.admin import NewTopic
 
 import schemas
-from adapters import wire
+from adapters import topics, wire
+from adapters.settings import Settings
+from domain.delivery import WaitReason
 from domain.model import InvoiceState
 from domain.status import ReimburseStatus as S
 from tests.factories import card, event
@@ -36,6 +40,18 @@ def test_a_sample_event_validates_and_a_broken_one_does_not() -> None:
 def test_produced_state_validates_against_the_checked_in_schema() -> None:
     state = InvoiceState("c", "1", S.LOCK, 1, "wx1", "2026-11-23T10:00:00Z", ("e1",))
     jsonschema.Draft202012Validator(schemas.load("state")).validate(json.loads(wire.encode_state(state)))
+
+
+def test_the_waiting_room_schema_takes_an_entry_or_an_owner_marker() -> None:
+    validator = jsonschema.Draft202012Validator(schemas.load("waiting"))
+    marker = wire.encode(wire.OwnerMarker("open", "t-1", "host-1", 1.0))
+    entry = wire.encode(wire.WaitingEntry("k", "o", "c", "1", "wx1", S.LOCK, 2, False, WaitReason.BACKOFF, 1.0, 2.0, False, 1))
+    for value in (marker, entry):
+        validator.validate(json.loads(value))
+        wire.validate_produced(value, "waiting")
+    assert not validator.is_valid({"state": "open"})
+    with pytest.raises(msgspec.ValidationError):
+        wire.validate_produced(b'{"state": "open"}', "waiting")
 
 
 def _asyncapi() -> dict:
@@ -210,3 +226,119 @@ def test_schemas_write_then_check_and_the_help_names_the_json_file(
         main(["schemas", "--help"])
     out = capsys.readouterr().out
     assert "asyncapi.json" in out and "asyncapi.yaml" not in out
+
+
+# --------------------------------------------------------------------------
+# a new output topic: a row of the topic table and a row of the wire table
+# --------------------------------------------------------------------------
+
+
+class AuditRecord(msgspec.Struct, frozen=True):
+    """One decision kept for the auditors (a topic made up for this test)."""
+
+    card_id: str
+    code: str
+    decided_at: str
+
+
+class _FakeAdmin:
+    """As much of ``AIOKafkaAdminClient`` as ``ensure_topics`` uses, on an empty cluster."""
+
+    def __init__(self, created: list[NewTopic], **_options: object) -> None:
+        self.created = created
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def list_topics(self) -> list[str]:
+        return [t.name for t in self.created]
+
+    async def create_topics(self, new: list[NewTopic]) -> None:
+        self.created.extend(new)
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, object]]:
+        return [
+            {"topic": t.name, "error_code": 0, "partitions": [{}] * t.num_partitions} for t in self.created if t.name in names
+        ]
+
+    async def describe_configs(self, _resources: object) -> list[object]:
+        return []
+
+
+@pytest.fixture
+def audit_topic(monkeypatch: pytest.MonkeyPatch) -> topics.TopicSpec:
+    """The rows a new output topic adds, and nothing else: its format in
+    ``wire.SCHEMA_TYPES`` and its row of ``topics.topic_table`` (whose name
+    would come from a new setting of ``adapters/settings.py``)."""
+    monkeypatch.setitem(
+        wire.SCHEMA_TYPES,
+        "audit",
+        wire.WireFormat((AuditRecord,), "Audited decision", "One per decision, kept a year for the auditors."),
+    )
+    table = topics.topic_table
+
+    def with_audit(settings: Settings) -> list[topics.TopicSpec]:
+        audit = topics.TopicSpec(
+            "invoice.audit",
+            "audit",
+            "invoice key",
+            "delete",
+            365 * 86_400_000,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            topics.min_insync_replicas(settings),
+            "decisions kept for the auditors",
+            messages=("audit",),
+            operations=(topics.Operation("processor", "send", "One record per decision, in the same transaction."),),
+        )
+        return [*table(settings), audit]
+
+    monkeypatch.setattr(topics, "topic_table", with_audit)
+    return with_audit(Settings.model_construct())[-1]
+
+
+def test_a_new_topic_and_format_reach_the_asyncapi_document_from_their_rows_alone(
+    audit_topic: topics.TopicSpec, official: jsonschema.Draft7Validator
+) -> None:
+    doc = schemas.asyncapi()
+    channel = doc["channels"]["audit"]
+    assert channel["address"] == "invoice.audit"
+    assert channel["description"] == "Decisions kept for the auditors."
+    assert channel["bindings"]["kafka"]["topicConfiguration"]["retention.ms"] == 365 * 86_400_000
+    assert channel["messages"] == {"audit": {"$ref": "#/components/messages/audit"}}
+    message = doc["components"]["messages"]["audit"]
+    assert message["title"] == "Audited decision"
+    assert message["summary"] == "One per decision, kept a year for the auditors."
+    assert message["payload"]["schema"] == {"$ref": "./audit.v1.schema.json"}
+    assert message["bindings"]["kafka"]["key"]["pattern"] == wire.INVOICE_KEY_PATTERN
+    operation = doc["operations"]["processorSendAudit"]
+    assert operation["channel"] == {"$ref": "#/channels/audit"}
+    assert operation["messages"] == [{"$ref": "#/channels/audit/messages/audit"}]
+    assert [e.message for e in official.iter_errors(doc)] == []
+
+
+def test_a_new_format_gets_its_schema_file_from_its_row_alone(audit_topic: topics.TopicSpec) -> None:
+    files = schemas.generated_files()
+    schema = json.loads(files["audit.v1.schema.json"])
+    assert schema["$id"] == "https://invoice-sm.example/schemas/audit.v1.schema.json"
+    assert schema["title"] == "AuditRecord"
+    validator = jsonschema.Draft202012Validator(schema)
+    record = AuditRecord("c", "1", "2026-11-23T10:00:00Z")
+    validator.validate(json.loads(wire.encode(record)))
+    assert not validator.is_valid({"card_id": "c"})
+    wire.validate_produced(wire.encode(record), "audit")
+    assert "invoice.audit" in files["asyncapi.json"]
+
+
+async def test_a_new_topic_is_created_from_its_row_alone(audit_topic: topics.TopicSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[NewTopic] = []
+    monkeypatch.setattr(topics, "AIOKafkaAdminClient", lambda **options: _FakeAdmin(created, **options))
+    settings = Settings.model_construct()
+    counts = await topics.ensure_topics(settings, create=True)
+    (audit,) = [t for t in created if t.name == "invoice.audit"]
+    assert audit.num_partitions == settings.topic_partitions == counts["invoice.audit"]
+    assert audit.topic_configs == audit_topic.configs()
+    assert audit.topic_configs["retention.ms"] == str(365 * 86_400_000)

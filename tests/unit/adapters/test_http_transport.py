@@ -1,4 +1,4 @@
-"""AiohttpTransport on real loopback sockets: every failure class lands in the right error.
+"""Http1Transport on real loopback sockets: every failure class lands in the right error.
 
 Two layers are checked for each fault: the httpx exception the transport
 raises ("not sent": ConnectError/ConnectTimeout; "possibly applied":
@@ -13,18 +13,17 @@ reading, close without answering).
 from __future__ import annotations
 
 import asyncio
-import functools
+import gzip
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 
-from adapters.http_transport import AiohttpTransport
+from adapters.http_transport import Http1Transport
 from adapters.tokens import StableTokenProvider
 from adapters.wechat import UpdateResult, WeChatClient, new_http_client
 from devtools.simulator import DEMO_APPID, DEMO_SECRET, SimulatorControl, SimulatorServer
@@ -88,22 +87,27 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}"  # nobody listens there now
 
 
-class WaitForPeerClose(aiohttp.TCPConnector):
+class WaitForPeerClose(Http1Transport):
     """Hands a new connection over only once the server's reset has been seen,
     as happens when the reset arrives before the request is written."""
 
-    async def connect(self, req, traces, timeout):
-        conn = await super().connect(req, traces, timeout)
+    async def _connection(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await super()._connection(*args, **kwargs)
         for _ in range(200):
-            transport = conn.protocol.transport if conn.protocol is not None else None
-            if transport is None or transport.is_closing():
+            if not conn.reusable():
                 break
             await asyncio.sleep(0.01)
         return conn
 
 
-def client_for(base_url: str, *, timeout: httpx.Timeout | float = 5.0, **transport_kw: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base_url, transport=AiohttpTransport(**transport_kw), timeout=timeout)
+def client_for(
+    base_url: str,
+    *,
+    timeout: httpx.Timeout | float = 5.0,
+    transport_class: type[Http1Transport] = Http1Transport,
+    **transport_kw: Any,
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url, transport=transport_class(**transport_kw), timeout=timeout)
 
 
 async def post(http: httpx.AsyncClient, path: str = "/card/invoice/platform/updatestatus") -> httpx.Response:
@@ -158,8 +162,7 @@ async def test_a_reset_before_the_request_is_written_is_a_connect_error_and_not_
     async def reset_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         abort_with_rst(writer)
 
-    connector = functools.partial(WaitForPeerClose, force_close=True)
-    async with tcp_server(reset_at_once) as url, client_for(url, connector_factory=connector) as http:
+    async with tcp_server(reset_at_once) as url, client_for(url, transport_class=WaitForPeerClose) as http:
         with pytest.raises(httpx.ConnectError) as caught:
             await post(http)
         assert_clean(caught.value)
@@ -268,7 +271,7 @@ async def test_a_gateway_502_or_504_is_an_answer_and_may_have_been_applied(
 
 async def test_token_and_updatestatus_share_one_pool_and_succeed(server: SimulatorServer, sim: SimulatorControl) -> None:
     http = new_http_client(timeout_s=5.0, max_connections=4)
-    assert isinstance(http._transport, AiohttpTransport)  # the service's default transport
+    assert isinstance(http._transport, Http1Transport)  # the service's default transport
     tokens = StableTokenProvider(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=server.base_url)
     async with WeChatClient(tokens, base_url=server.base_url, client=http, owns_client=True, owns_tokens=True) as client:
         results = await asyncio.gather(*(update(client, code=str(2000 + i)) for i in range(20)))
@@ -286,3 +289,154 @@ async def test_a_token_endpoint_reset_is_transient_and_names_no_secret(server: S
             await update(client)
         assert DEMO_SECRET not in str(caught.value) and caught.value.__context__ is None
         assert (await update(client)).errcode == 0
+
+
+# --- framing and the pool: what the transport's own parser and pool must get right ----
+
+
+def answering(*answers: bytes, then_close: bool = False) -> tuple[Handler, list[bytes]]:
+    """A server that answers each request on a connection with the next of ``answers``."""
+    requests: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            try:
+                requests.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(answer)
+            await writer.drain()
+        if then_close:
+            writer.close()
+        else:
+            await reader.read()  # until the client closes
+
+    return handler, requests
+
+
+OK_JSON = b'{"errcode":0,"errmsg":"ok"}'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\nContent-Type: application/json\r\n\r\n" + OK_JSON,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n"
+        + OK_JSON[:5]
+        + b"\r\n16;x=y\r\n"
+        + OK_JSON[5:]
+        + b"\r\n0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON,
+        b"HTTP/1.0 200 OK\r\n\r\n" + OK_JSON,  # no length: the body runs to the close
+    ],
+    ids=["content-length", "chunked", "interim-100", "until-close"],
+)
+async def test_an_answer_in_any_framing_is_read_whole(answer: bytes) -> None:
+    handler, requests = answering(answer, then_close=True)
+    async with tcp_server(handler) as url, client_for(url) as http:
+        response = await post(http)
+    assert response.status_code == 200 and response.content == OK_JSON
+    head = requests[0].split(b"\r\n\r\n")[0]
+    assert head.startswith(b"POST /card/invoice/platform/updatestatus?access_token=") and b"\r\nContent-Length: 15" in head
+
+
+async def test_an_answer_arriving_in_pieces_is_reassembled() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON
+
+    async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for i in range(len(answer)):
+            writer.write(answer[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+
+    async with tcp_server(dribble) as url, client_for(url) as http:
+        assert (await post(http)).content == OK_JSON
+
+
+async def test_keep_alive_reuses_one_connection_and_connection_close_does_not() -> None:
+    kept = b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1b\r\n" + OK_JSON + b"\r\n0\r\n\r\n"
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 27\r\n\r\n" + OK_JSON
+    connections = 0
+    handler, requests = answering(kept, chunked, closing, then_close=True)
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await handler(reader, writer)
+
+    async with tcp_server(counting) as url, client_for(url) as http:
+        for _ in range(4):
+            assert (await post(http)).content == OK_JSON
+    assert len(requests) == 4 and connections == 2  # three on the first, then a new one after "close"
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    handler, requests = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON, then_close=True)
+    async with tcp_server(handler) as url, client_for(url) as http:
+        assert (await post(http)).status_code == 200
+        await asyncio.sleep(0.05)  # the server's close reaches the idle connection
+        assert (await post(http)).status_code == 200
+    assert len(requests) == 2
+
+
+async def test_a_gzip_answer_is_decoded_for_the_token_endpoints_and_updatestatus() -> None:
+    packed = gzip.compress(OK_JSON)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+    handler, requests = answering(answer, answer)
+    async with tcp_server(handler) as url:
+        http = new_http_client(timeout_s=5.0, max_connections=1)  # the service's client: updatestatus goes to the transport
+        async with WeChatClient(
+            FixedToken(http, appid=DEMO_APPID, secret=DEMO_SECRET, base_url=url), base_url=url, client=http
+        ) as client:
+            assert (await http.get(url + "/cgi-bin/token")).json() == {"errcode": 0, "errmsg": "ok"}
+            assert (await update(client)).errcode == 0
+        await http.aclose()
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n" + OK_JSON,  # closed short of its length
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n" + OK_JSON,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ],
+    ids=["short-body", "bad-length", "bad-chunk", "bad-header"],
+)
+async def test_a_broken_answer_after_writing_is_a_protocol_error_and_may_have_been_applied(answer: bytes) -> None:
+    handler, _ = answering(answer, then_close=True)
+    async with tcp_server(handler) as url, client_for(url) as http:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await post(http)
+        assert_clean(caught.value)
+
+
+async def test_a_caller_cancelled_while_waiting_for_the_pool_leaks_no_connection_slot() -> None:
+    release = asyncio.Event()
+
+    async def hold_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON)
+            await writer.drain()
+
+    async with tcp_server(hold_first) as url, client_for(url, max_connections=1) as http:
+        first = asyncio.ensure_future(post(http))
+        await asyncio.sleep(0.05)
+        cancelled = asyncio.ensure_future(post(http))
+        third = asyncio.ensure_future(post(http))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        release.set()
+        assert (await first).status_code == 200 and (await third).status_code == 200
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert (await post(http)).status_code == 200  # the one slot is free again

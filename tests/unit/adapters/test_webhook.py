@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from adapters import wire
-from adapters.webhook_messages import ComponentRecord, EventRecord, InfoType, decode_component_record, status_report
+from adapters.webhook_messages import EventRecord, status_report
 from adapters.webhook_server import WebhookConfig, WebhookServer
 from adapters.webhook_xml import build_xml, parse_xml
 from adapters.wechat_crypto import PushCipher, signature
@@ -378,7 +378,7 @@ async def test_a_verify_ticket_goes_to_the_component_topic_keyed_by_the_componen
     assert answer.text == "success"
     (record,) = publisher.records
     assert record.topic_role == "component" and record.key == COMPONENT_APPID.encode()
-    decoded = decode_component_record(record.value)
+    decoded = wire.decode_component_record(record.value)
     assert (decoded.info_type, decoded.ticket) == ("component_verify_ticket", "ticket@@@one")
 
 
@@ -390,7 +390,7 @@ async def test_authorization_events_are_keyed_per_authorizer(encrypted, publishe
         answer = await client.post("/wechat/component", params=signed_query(encrypt=ciphertext), content=body)
         assert answer.text == "success"
     assert [r.key for r in publisher.records] == [f"{COMPONENT_APPID}/wxauthorizer000001".encode()] * 3
-    kinds = [decode_component_record(r.value).info_type for r in publisher.records]
+    kinds = [wire.decode_component_record(r.value).info_type for r in publisher.records]
     assert kinds == ["authorized", "updateauthorized", "unauthorized"]
     assert all(b"code" not in r.value for r in publisher.records)  # the authorization code is not kept
 
@@ -429,8 +429,8 @@ class RecordingProvider:
         self.calls.append(("changed", appid))
 
 
-def _record(info_type: InfoType, create_time: int, **extra: Any) -> ComponentRecord:
-    return ComponentRecord(
+def _record(info_type: wire.ComponentInfoType, create_time: int, **extra: Any) -> wire.ComponentRecord:
+    return wire.ComponentRecord(
         id=f"r{create_time}",
         info_type=info_type,
         component_appid=COMPONENT_APPID,

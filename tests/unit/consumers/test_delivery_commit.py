@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from adapters import kafka, waiting_room
+from adapters import kafka, waiting_room, wire
 from adapters.settings import Settings
 from consumers import delivery_commit
 from consumers.deliverer import Deliverer
@@ -48,6 +48,7 @@ class Harness:
         self.tp = TopicPartition(settings.topic_outcomes, 0)
         self.consumer = self._consumer()
         self.producers: list[FakeTransactionalProducer] = []
+        self.rooms_read_after_fence = False
 
         def new_producer(_settings: Settings, txn_id: str, **_: Any) -> FakeTransactionalProducer:
             producer = self.broker.transactional_producer(txn_id)
@@ -71,28 +72,28 @@ class Harness:
         room = waiting_room.PartitionRoom()
         for record in self.broker.committed_records(self.settings.topic_delivery_waiting, 0):
             assert record.key is not None
-            if record.key == waiting_room.OWNER_KEY:
+            if record.key == wire.WAITING_OWNER_KEY:
                 assert record.value is not None
-                room.marker = waiting_room.decode_marker(record.value)
-            elif record.key.startswith(waiting_room.ENTRY_PREFIX):
-                key = record.key[len(waiting_room.ENTRY_PREFIX) :].decode()
+                room.marker = wire.decode_owner_marker(record.value)
+            elif record.key.startswith(wire.WAITING_ENTRY_PREFIX):
+                key = record.key[len(wire.WAITING_ENTRY_PREFIX) :].decode()
                 if record.value is None:
                     room.entries.pop(key, None)
                 else:
-                    room.entries[key] = waiting_room.decode_entry(record.value)
-            elif record.key.startswith(waiting_room.DONE_PREFIX):
-                key = record.key[len(waiting_room.DONE_PREFIX) :].decode()
+                    room.entries[key] = wire.decode_waiting_entry(record.value)
+            elif record.key.startswith(wire.WAITING_DONE_PREFIX):
+                key = record.key[len(wire.WAITING_DONE_PREFIX) :].decode()
                 if record.value is None:
                     room.done.discard(key)
                 else:
                     room.done.add(key)
         return room
 
-    def markers(self) -> list[waiting_room.OwnerMarker]:
+    def markers(self) -> list[wire.OwnerMarker]:
         return [
-            waiting_room.decode_marker(r.value)
+            wire.decode_owner_marker(r.value)
             for r in self.broker.committed_records(self.settings.topic_delivery_waiting, 0)
-            if r.key == waiting_room.OWNER_KEY and r.value is not None
+            if r.key == wire.WAITING_OWNER_KEY and r.value is not None
         ]
 
     def delivered(self) -> list[bytes]:
@@ -105,8 +106,18 @@ class Harness:
     def committed_offset(self) -> int | None:
         return self.broker.group_offsets.get((self.group, self.tp))
 
+    async def read_rooms(self, _settings: Settings, partitions: list[int]) -> dict[int, waiting_room.PartitionRoom]:
+        assert partitions == [0]
+        self.rooms_read_after_fence = bool(self.producers) and self.producers[-1].epoch is not None
+        return {0: self.room()}
+
     async def take_over(self, instance: str = INSTANCE) -> PartitionLane:
-        return await delivery_commit.take_over(self.settings, self.group, self.tp, self.room(), self.consumer, instance)
+        taken = await delivery_commit.take_over(
+            self.settings, self.group, [self.tp], self.consumer, instance, read_rooms=self.read_rooms
+        )
+        assert self.rooms_read_after_fence, "the room must be read after the producer fenced the previous owner"
+        assert taken.committed[self.tp].offset == self.committed_offset()
+        return taken.lanes[self.tp]
 
     async def commit(self, lane: PartitionLane) -> int | None:
         return await delivery_commit.commit(self.settings, self.group, lane, 1)

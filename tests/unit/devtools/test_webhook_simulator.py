@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from adapters import wire
-from adapters.webhook_messages import decode_component_record
 from adapters.webhook_server import WebhookConfig, WebhookServer
 from adapters.wechat_crypto import PushCipher
 from devtools.simulator import SimulatorServer, WeChatSimulator
@@ -195,7 +194,7 @@ async def test_verify_tickets_rotate_on_simulated_time_and_are_pushed(
     assert early["push_ids"] == []  # a ticket lives 10 minutes before the next one is pushed
     assert due["delivered"] == [True]
     (record,) = publisher.records
-    pushed = decode_component_record(record.value)
+    pushed = wire.decode_component_record(record.value)
     assert pushed.info_type == "component_verify_ticket"
     assert pushed.ticket == wechat.sim.current_ticket(DEMO_COMPONENT_APPID) != DEMO_VERIFY_TICKET
 
