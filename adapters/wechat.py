@@ -1,7 +1,7 @@
 """The WeChat ``card/invoice/platform/updatestatus`` call, over one pooled httpx client.
 
 The client is ``httpx.AsyncClient`` over ``adapters.http_transport.Http1Transport``
-(our HTTP/1.1 connection pool and parser beneath httpx's interface): one pool
+(our HTTP/1.1 connection pool, with llhttp parsing the answers, beneath httpx's interface): one pool
 for ``updatestatus`` and the token endpoints.
 
 ``WeChatClient.update_status`` sends one status change and translates every

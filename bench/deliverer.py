@@ -35,7 +35,7 @@ the same rounds, side by side:
   ordering, no idempotency keys, no ledger, no delivery records and no
   Kafka: it is the bare call.
 - *WeChatClient alone* (diagnostic): this service's own
-  ``adapters.wechat.WeChatClient`` (httpx over ``AiohttpTransport``, token provider) from ``c``
+  ``adapters.wechat.WeChatClient`` (httpx over ``Http1Transport``, token provider) from ``c``
   asyncio tasks: the deliverer without Kafka, ledger, ordering or records.
 - *aiohttp ceiling* (diagnostic): a bare ``aiohttp`` client from ``c``
   tasks (also at c = 1): what one Python process gets from this simulator
@@ -935,7 +935,7 @@ HOTSPOTS: dict[str, tuple[str, str]] = {
         "adapters/wechat.py",
         "update_status",
     ),
-    "  within it, the aiohttp transport (adapters.http_transport.AiohttpTransport and aiohttp)": (
+    "  within it, our transport (adapters.http_transport.Http1Transport: pool, sockets, llhttp via httptools)": (
         "adapters/http_transport.py",
         "handle_async_request",
     ),
@@ -1186,7 +1186,7 @@ def summarise(runs: list[dict[str, Any]], p: dict[str, Any]) -> dict[str, Any]:
 
 PEER_NAMES = {
     "wechatpy": "wechatpy update_status, thread pool",
-    "client": "WeChatClient alone (httpx over aiohttp, no Kafka)",
+    "client": "WeChatClient alone (httpx over our Http1Transport, no Kafka)",
     "aiohttp": "bare aiohttp client (ceiling)",
 }
 

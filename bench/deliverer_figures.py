@@ -25,7 +25,7 @@ from bench.common import RESULTS_DIR
 LABELS = {
     "invoice-sm": "invoice-sm deliver (1 process)",
     "invoice-sm x2": "invoice-sm deliver, 2 processes, one group",
-    "client": "WeChatClient alone (httpx over aiohttp)",
+    "client": "WeChatClient alone (httpx over our Http1Transport)",
     "aiohttp": "bare aiohttp client",
     "wechatpy": "wechatpy, thread pool",
 }

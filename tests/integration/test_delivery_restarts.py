@@ -2,7 +2,7 @@
 never let two calls for one invoice overlap or a later version overtake an
 earlier one; a partition that comes back to an old owner is judged right.
 
-The simulator is a real HTTP server taking 2 s per call, and it finishes a
+The simulator is a real HTTP server taking 1 s per call, and it finishes a
 call whose client was killed, as a real server does (``finish_abandoned``):
 that is what makes a new owner's early call an overlap.
 """
@@ -42,10 +42,10 @@ def slow_settings(
         "wechat_base_url": server.base_url,
         "wechat_appid": APPID,
         "wechat_secret": DEFAULT_ACCOUNTS[APPID],
-        "wechat_timeout_s": 3.0,
+        "wechat_timeout_s": 1.5,
         # The token endpoint answers at once here, so one call is bounded by
         # one timeout; the default (2 x timeout + 1) also covers a refresh.
-        "delivery_takeover_wait_s": 3.5,
+        "delivery_takeover_wait_s": 1.8,
         "kafka_session_timeout_ms": 2000,
         "delivery_concurrency": 32,
         "delivery_commit_interval_ms": 100,
@@ -78,7 +78,7 @@ def assert_in_order(arrivals: list[tuple[float, str, str, str]]) -> int:
 async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_reorder(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    with SimulatorServer(WeChatSimulator(latency_ms=2000)) as server:
+    with SimulatorServer(WeChatSimulator(latency_ms=1000)) as server:
         server.sim.configure(finish_abandoned=True)
         # Eight calls at a time each, and the work split between the phases in
         # proportion to their length (a kill costs the takeover wait): calls
@@ -112,7 +112,7 @@ async def test_rolling_restarts_and_kill_9_with_a_slow_wechat_never_overlap_or_r
                     await asyncio.sleep(calls_from + 0.5)  # calls in flight, which the SIGTERM lets finish
                     assert moving.terminate(timeout=30) == 0, moving.log_text()[-3000:]  # a rolling restart
                 else:
-                    await asyncio.sleep(calls_from + 2.5)  # a first round of calls ended (2 s each), the next in flight
+                    await asyncio.sleep(calls_from + 1.3)  # a first round of calls ended (1 s each), the next in flight
                     first_kill_at = first_kill_at or time.time()
                     moving.kill()  # a crash: nothing finishes
                 moving.close()
@@ -214,7 +214,7 @@ async def test_a_partition_back_at_its_old_owner_after_a_crash_elsewhere_records
             assert a.terminate() == 0
             a.close()
             # B takes it, and dies (kill -9) in the middle of a slow call.
-            server.sim.configure(latency_ms=2500)
+            server.sim.configure(latency_ms=1200)  # under the 1.5 s timeout, as the takeover rule assumes
             b = Service("deliver", b_settings, tmp_path / "b.log")
             await _log_line(b, "deliverer_partitions_assigned")
             before = len(server.sim.arrivals())

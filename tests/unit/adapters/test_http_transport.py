@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters import http_transport
 from adapters.http_transport import Http1Transport
 from adapters.tokens import StableTokenProvider
 from adapters.wechat import UpdateResult, WeChatClient, new_http_client
@@ -291,7 +292,7 @@ async def test_a_token_endpoint_reset_is_transient_and_names_no_secret(server: S
         assert (await update(client)).errcode == 0
 
 
-# --- framing and the pool: what the transport's own parser and pool must get right ----
+# --- framing and the pool: what llhttp, our callbacks around it and our pool must get right ----
 
 
 def answering(*answers: bytes, then_close: bool = False) -> tuple[Handler, list[bytes]]:
@@ -440,3 +441,68 @@ async def test_a_caller_cancelled_while_waiting_for_the_pool_leaks_no_connection
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         assert (await post(http)).status_code == 200  # the one slot is free again
+
+
+async def test_an_interim_answer_s_headers_are_not_the_final_answer_s() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    handler, _ = answering(early + b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON, then_close=True)
+    async with tcp_server(handler) as url, client_for(url) as http:
+        response = await post(http)
+    assert response.status_code == 200 and response.content == OK_JSON and "link" not in response.headers
+
+
+async def test_bytes_past_an_answer_leave_the_answer_whole_and_its_connection_unused() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n" + OK_JSON
+    connections = 0
+    handler, requests = answering(answer + b"HTTP/1.1 200 OK\r\n", answer, then_close=True)
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await handler(reader, writer)
+
+    async with tcp_server(counting) as url, client_for(url) as http:
+        assert (await post(http)).content == OK_JSON
+        assert (await post(http)).content == OK_JSON
+    assert len(requests) == 2 and connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Filler: " + b"x" * (70 * 1024) + b"\r\nContent-Length: 27\r\n\r\n" + OK_JSON,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n" + b"x" * 2048,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + (b"300\r\n" + b"x" * 768 + b"\r\n") * 2 + b"0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 2048,
+    ],
+    ids=["head", "content-length", "chunked", "until-close"],
+)
+async def test_an_answer_over_the_size_limits_is_a_protocol_error(answer: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_transport, "MAX_BODY_BYTES", 1024)
+    handler, _ = answering(answer, then_close=True)
+    async with tcp_server(handler) as url, client_for(url) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+            await post(http)
+
+
+async def test_a_head_request_is_refused_before_anything_is_sent() -> None:
+    handler, requests = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n")
+    async with tcp_server(handler) as url, client_for(url) as http:
+        with pytest.raises(httpx.UnsupportedProtocol, match="sends no HEAD request: not sent"):
+            await http.head("/cgi-bin/token")
+    assert requests == []
+
+
+async def test_a_head_still_arriving_past_the_limit_is_a_protocol_error() -> None:
+    async def endless_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Filler: ")
+        for _ in range(10):  # one header, never finished: 80 KiB in pieces
+            writer.write(b"x" * 8192)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        await reader.read()
+
+    async with tcp_server(endless_header) as url, client_for(url) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="head too large"):
+            await post(http)
