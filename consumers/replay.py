@@ -48,7 +48,7 @@ from adapters import kafka, topics, wire
 from adapters.partition_reader import PartitionRange, PartitionReader, open_reader
 from adapters.settings import Settings, env_name
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
-from consumers.processor import decide_records
+from consumers.processor import decide_records, utc_now
 from consumers.render import Progress, progress_reporter
 from domain.errors import ConfigurationError
 from domain.model import DecisionKind, InvoiceState
@@ -61,10 +61,6 @@ log = structlog.get_logger("invoice_sm.replay")
 
 #: A partition that makes no progress for this long fails the replay.
 STALL_TIMEOUT_S = 120.0
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- the store
