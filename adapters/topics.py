@@ -80,6 +80,8 @@ class TopicSpec:
     description: str
     messages: tuple[str, ...]
     operations: tuple[Operation, ...]
+    #: The ``Settings`` field that names the topic (``INVOICE_SM_<SETTING>``).
+    setting: str
 
     @property
     def compact(self) -> bool:
@@ -117,6 +119,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "lifecycle events (CloudEvents 1.0) from upstream and the webhook; the source of truth, never expires",
+            setting="topic_events",
             messages=("eventStructured", "eventBinary"),
             operations=(
                 Operation(
@@ -144,6 +147,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "one decision per valid event (and reconcile's repair records), read by the deliverer and analytics",
+            setting="topic_outcomes",
             messages=("outcome",),
             operations=(
                 Operation("processor", "send", "One outcome per valid event, in the input's transaction (exactly once)."),
@@ -164,6 +168,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "latest state per invoice: the changelog local state is restored from (as many partitions as events)",
+            setting="topic_state",
             messages=("state",),
             operations=(Operation("processor", "send", "The invoice's new state, in the same transaction."),),
         ),
@@ -177,6 +182,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "one final WeChat delivery record per accepted outcome; reconcile reads it",
+            setting="topic_deliveries",
             messages=("delivery",),
             operations=(
                 Operation(
@@ -195,6 +201,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             isr,
             "deliveries waiting off the commit path (parked account, long backoff) and each partition's "
             "ownership marker: the deliverer's changelog (as many partitions as outcomes)",
+            setting="topic_delivery_waiting",
             messages=("waiting",),
             operations=(
                 Operation(
@@ -220,6 +227,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             rf,
             isr,
             "input that could not be decided: original bytes and headers plus dlq.* headers",
+            setting="topic_dlq",
             messages=("dlq",),
             operations=(Operation("processor", "send", "Every record it cannot decide, in the same transaction."),),
         ),
@@ -234,6 +242,7 @@ def topic_table(settings: Settings) -> list[TopicSpec]:
             isr,
             "component verify tickets and authorization events pushed by WeChat, written by the webhook; "
             "every deliverer instance reads all of it (third-party platform mode)",
+            setting="topic_component",
             messages=("component",),
             operations=(
                 Operation("webhook", "send", "component_verify_ticket, authorized, updateauthorized and unauthorized pushes."),
@@ -261,6 +270,12 @@ def like(settings: Settings, role: str, name: str, partitions: int | None = None
     the settings of the table's ``role`` row."""
     spec = spec_of(settings, role)
     return replace(spec, name=name, partitions=spec.partitions if partitions is None else partitions)
+
+
+def topic_names(prefix: str) -> dict[str, str]:
+    """Settings naming every topic of the table ``<prefix>.<role>``: topics of
+    their own for a test or a benchmark run, whatever rows the table gains."""
+    return {spec.setting: f"{prefix}.{spec.role}" for spec in topic_table(Settings.model_construct())}
 
 
 # -------------------------------------------------------------- the cluster

@@ -11,6 +11,9 @@ store leave us. What it does, line for line like ``consumers/processor.py``:
   (``adapters.kafka.new_transactional_producer`` with
   ``transactional_id(group, topic, partition)``), started (InitProducerId)
   before any record of that partition is handled; seek to the committed offset;
+  one JSON line on stderr per assignment and revocation (``partitions_assigned``
+  / ``partitions_revoked``, like the processor's log), which the suite reads to
+  know when several ceiling processes in one group have settled;
 - main loop: the processor's ``adapters.kafka.pipeline_partitions`` (fetch for
   partitions with no batch in flight, each batch its own task), and per batch:
   ``begin_transaction``; for each record append an *outcome* record to the
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from typing import Any
@@ -68,6 +72,8 @@ class CeilingPipe(ConsumerRebalanceListener):
             if producer is not None:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+        if revoked:
+            _log("partitions_revoked", revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         new = {
@@ -81,6 +87,8 @@ class CeilingPipe(ConsumerRebalanceListener):
             committed = await self.consumer.committed(tp)
             self.consumer.seek(tp, begins[tp] if committed is None else committed)
         self.producers.update(new)
+        if new:
+            _log("partitions_assigned", list(new))
 
     async def pipe(self, tp: TopicPartition, records: list) -> None:
         producer = self.producers[tp]
@@ -121,6 +129,10 @@ class CeilingPipe(ConsumerRebalanceListener):
                 )
             finally:
                 await self.on_partitions_revoked(list(self.producers))
+
+
+def _log(event: str, tps: list[TopicPartition]) -> None:
+    print(json.dumps({"partitions": sorted(tp.partition for tp in tps), "event": event}), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,11 +98,7 @@ def bench_settings(bootstrap: str, *, name: str | None = None, state_root: Path 
     state_root = state_root or Path(tempfile.mkdtemp(prefix="bench-state-"))
     base: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap,
-        "topic_events": f"{name}.events",
-        "topic_outcomes": f"{name}.outcomes",
-        "topic_state": f"{name}.state",
-        "topic_deliveries": f"{name}.deliveries",
-        "topic_dlq": f"{name}.dlq",
+        **topics.topic_names(name),
         "processor_group_id": f"{name}.processor",
         "deliverer_group_id": f"{name}.deliverer",
         "state_dir": state_root / name,

@@ -33,6 +33,24 @@ included), and the child's CPU time per event over the timing window
 After each run the outcome topic is read (read_committed) and must hold
 exactly ``E`` outcomes (ceiling: ``E`` outcome-sized records).
 
+With ``--processor-processes N`` (N > 1) two more contenders run in the same
+rounds and order rotation: *processor xN* and *ceiling xN*, each as ``N``
+child processes in one consumer group (the same settings; the processors
+with separate state dirs), the way a Kafka processor scales out. Quix and the
+baseline are not run this way. So that no rebalance lands inside the timing
+window, each xN run gets its own copy of the input, published by the suite
+inside one Kafka transaction that stays open while the members start: they
+subscribe to it, but read_committed consumers see nothing of an open
+transaction. Once every member logged an assignment, the latest assignments
+cover the 6 partitions exactly once and no member's assignment changed for
+3 s, the suite commits that transaction (the *gate*) and all ``E`` events
+become readable at once. The timing rule is the same (first outcome seen ->
+group committed the end of the input; the input's end is its data records,
+not the commit marker after them); CPU per event is summed over the ``N``
+processes; "end to end" runs from the gate's opening instead of the spawn.
+The ratio reported is ``processor xN / max(ceiling x1, ceiling xN)``: the
+best the raw pipe did with 1 or ``N`` processes on this machine.
+
 **stages** — the per-record calls of the processor's transaction loop
 (decode, decide, state get/put/commit over RocksDB and in memory, outcome
 encode, the two ``TxnBatch`` appends) timed in-process on 50 000 of the same
@@ -97,6 +115,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--processor-batch-max-records", type=int, help="INVOICE_SM_BATCH_MAX_RECORDS for processor and ceiling")
     g.add_argument("--processor-no-quix", action="store_true", help="skip the Quix Streams peer")
     g.add_argument(
+        "--processor-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N > 1: also run, in the same rounds, the processor and the ceiling as N processes in one "
+        "consumer group each (contenders 'processor xN' and 'ceiling xN'; default 1: not run)",
+    )
+    g.add_argument(
         "--processor-baseline",
         type=Path,
         metavar="DIR",
@@ -120,6 +146,9 @@ def _params(ctx: BenchContext) -> dict[str, Any]:
         return value if value is not None else (small if quick else full)
 
     rss = pick(a.processor_rss_invoices, "1000000,10000000", "50000,200000")
+    if a.processor_processes < 1:
+        raise SystemExit("--processor-processes must be >= 1")
+    extra = {"processes": a.processor_processes} if a.processor_processes > 1 else {}
     return {
         "parts": [p.strip() for p in a.processor_parts.split(",") if p.strip()],
         "events": pick(a.processor_events, 200_000, 20_000),
@@ -134,10 +163,18 @@ def _params(ctx: BenchContext) -> dict[str, Any]:
         "rss_events": pick(a.processor_rss_events, 1_000_000, 10_000),
         "partitions": PARTITIONS,
         "seed": 7,
+        **extra,
     }
 
 
 # ------------------------------------------------------------- throughput
+
+TIMING_RULE_PROCESSES = (
+    "xN contenders: N child processes in one consumer group on their own copy of the input, published inside one "
+    "open transaction; the transaction is committed (the gate opens) once every member logged an assignment, the "
+    "assignments cover the 6 partitions exactly once and none changed for 3 s; then the same rule (first outcome -> "
+    "group committed the input's data records); CPU summed over the N processes; end to end from the gate's opening"
+)
 
 
 def output_sizes(records: list[tuple[bytes, bytes]], topic: str, partitions: int) -> dict[str, Any]:
@@ -184,7 +221,7 @@ async def _count_records(bootstrap: str, topic: str) -> int:
 
 async def _measure(
     contender: str,
-    child: Child,
+    child: Child | list[Child],
     *,
     bootstrap: str,
     group: str,
@@ -193,18 +230,38 @@ async def _measure(
     output_topic: str,
     expected_outputs: int,
     exits_by_itself: bool = False,
+    gate: Any = None,
 ) -> dict[str, Any]:
+    """Time one contender by the timing rule. ``child``: one child, or the
+    members of one consumer group (CPU summed over them). ``gate``: an
+    awaitable factory opening the input (see :class:`_GatedInput`), called
+    once the watch has started; "end to end" then runs from its opening."""
     import psutil
 
-    proc = psutil.Process(child.pid)
+    members = child if isinstance(child, list) else [child]
+    child = members[0]
+    procs = [psutil.Process(m.pid) for m in members]
     cpu: dict[str, float] = {}
     exited_at: list[float] = []
+    polls: list[float] = []
+    polling = asyncio.Event()  # set at the watch's second poll (one full poll done: its clients are up)
 
     def cpu_now() -> float:
-        t = proc.cpu_times()
-        return float(t.user + t.system)
+        total = 0.0
+        for proc in procs:
+            t = proc.cpu_times()
+            total += float(t.user + t.system)
+        return total
 
     def alive() -> None:
+        if not polling.is_set():
+            polls.append(time.monotonic())
+            if len(polls) >= 2:
+                polling.set()
+        if len(members) > 1:
+            for m in members:
+                m.check_alive()
+            return
         code = child.proc.poll()
         if code is None:
             return
@@ -221,22 +278,45 @@ async def _measure(
             cpu["first"] = cpu_now()
 
     n = sum(input_ends.values())
-    progress: GroupProgress = await common.watch_group(
-        bootstrap,
-        group=group,
-        input_topic=input_topic,
-        input_ends=input_ends,
-        output_topic=output_topic,
-        output_partitions=PARTITIONS,
-        alive=alive,
-        on_first_output=on_first_output,
+    watch = asyncio.ensure_future(
+        common.watch_group(
+            bootstrap,
+            group=group,
+            input_topic=input_topic,
+            input_ends=input_ends,
+            output_topic=output_topic,
+            output_partitions=PARTITIONS,
+            alive=alive,
+            on_first_output=on_first_output,
+        )
     )
+    started = child.started
+    try:
+        if gate is not None:
+            # Open the input only once the watch polls, so that it sees the first outcome.
+            first_poll = asyncio.ensure_future(polling.wait())
+            await asyncio.wait([watch, first_poll], return_when=asyncio.FIRST_COMPLETED)
+            first_poll.cancel()
+            if not watch.done():
+                started = await gate()
+        progress: GroupProgress = await watch
+    finally:
+        if not watch.done():
+            watch.cancel()
+            with contextlib.suppress(BaseException):
+                await watch
     with contextlib.suppress(Exception):
         cpu["done"] = cpu_now()
     code = child.wait(60) if exits_by_itself else child.stop()
     if exits_by_itself:
         child.stop()
+    codes = [code] + [m.stop() for m in members[1:]]
+    code = next((c for c in codes if c not in (0, None)), code)
     assert progress.first_output is not None and progress.done is not None
+    if gate is not None and progress.first_output < started:
+        # Seen by the poll in flight when the gate opened, whose clock was read
+        # before it: no outcome can exist before the input is readable.
+        progress.first_output = started
     window = progress.done - progress.first_output
     outputs = await _count_records(bootstrap, output_topic)
     result: dict[str, Any] = {
@@ -244,15 +324,19 @@ async def _measure(
         "events": n,
         "window_seconds": round(window, 3),
         "events_per_s": round(n / window, 1) if window > 0 else None,
-        "end_to_end_seconds": round(progress.done - child.started, 3),
-        "end_to_end_events_per_s": round(n / (progress.done - child.started), 1),
-        "startup_seconds": round(progress.first_output - child.started, 3),
+        "end_to_end_seconds": round(progress.done - started, 3),
+        "end_to_end_events_per_s": round(n / (progress.done - started), 1),
+        "startup_seconds": round(progress.first_output - started, 3),
         "cpu_seconds_in_window": round(cpu["done"] - cpu["first"], 3) if "done" in cpu and "first" in cpu else None,
         "outputs_read_committed": outputs,
         "outputs_expected": expected_outputs,
         "exit_code": code,
         "log": str(child.log_path),
     }
+    if len(members) > 1:
+        result["processes"] = len(members)
+        result["logs"] = [str(m.log_path) for m in members]
+        result["exit_codes"] = codes
     if result["cpu_seconds_in_window"] is not None:
         result["cpu_us_per_event"] = round(result["cpu_seconds_in_window"] / n * 1e6, 1)
     if outputs != expected_outputs:
@@ -260,11 +344,12 @@ async def _measure(
     return result
 
 
-def _batch_stats(log_path: Path) -> dict[str, Any]:
-    """Batches committed by the processor, from its JSON log."""
+def _batch_stats(*log_paths: Path) -> dict[str, Any]:
+    """Batches committed by the processor, from its JSON log(s)."""
     sizes: list[int] = []
     durations: list[float] = []
-    for line in log_path.read_text(errors="replace").splitlines():
+    lines = [line for path in log_paths for line in path.read_text(errors="replace").splitlines()]
+    for line in lines:
         if '"batch_committed"' not in line:
             continue
         with contextlib.suppress(ValueError):
@@ -349,6 +434,194 @@ async def _run_ceiling(
     )
 
 
+class _GatedInput:
+    """A copy of the input on a fresh topic, published inside one Kafka
+    transaction left open: read_committed consumers (processor, ceiling) see
+    none of it until :meth:`open` commits it, then all of it at once.
+
+    ``ends``: data records per partition, the offsets the group must commit
+    (the commit marker after them takes one more offset, never consumed)."""
+
+    def __init__(self, topic: str, producer: Any, ends: dict[int, int], seconds: float) -> None:
+        self.topic = topic
+        self.producer = producer
+        self.ends = ends
+        self.publish_seconds = seconds
+        self.opened: float | None = None
+
+    @classmethod
+    async def publish(cls, settings: Any, records: list[tuple[bytes, bytes]]) -> _GatedInput:
+        from adapters import kafka
+
+        topic = f"{common.unique('gin')}.events"
+        await common.create_topics(settings, topics.like(settings, "events", topic, PARTITIONS))
+        producer = kafka.new_transactional_producer(
+            settings,
+            f"{topic}-gate",
+            linger_ms=0,
+            max_batch_size=1024 * 1024,
+            max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=60_000,
+            transaction_timeout_ms=600_000,  # the members start and settle meanwhile
+        )
+        started = time.perf_counter()
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            counts = dict.fromkeys(range(PARTITIONS), 0)
+            builders = {p: producer.create_batch() for p in range(PARTITIONS)}
+            futures: list[asyncio.Future[Any]] = []
+            for key, value in records:
+                p = common.partition_for(key, PARTITIONS)
+                if builders[p].append(key=key, value=value, timestamp=None) is None:
+                    builders[p].close()
+                    futures.append(await producer.send_batch(builders[p], topic, partition=p))
+                    builders[p] = producer.create_batch()
+                    builders[p].append(key=key, value=value, timestamp=None)
+                counts[p] += 1
+            for p, builder in builders.items():
+                if builder.record_count():
+                    builder.close()
+                    futures.append(await producer.send_batch(builder, topic, partition=p))
+            await asyncio.gather(*futures)  # written (acked), still invisible to read_committed
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return cls(topic, producer, counts, time.perf_counter() - started)
+
+    async def open(self) -> float:
+        """Commit the transaction; returns the (monotonic) moment the commit was asked."""
+        self.opened = time.monotonic()
+        await self.producer.commit_transaction()
+        return self.opened
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.opened is None:
+                await self.producer.abort_transaction()
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
+
+
+def _held_partitions(child: Child) -> set[int] | None:
+    """The partitions a member holds now, from the ``partitions_assigned`` /
+    ``partitions_revoked`` JSON lines of its log (None: never assigned)."""
+    held: set[int] | None = None
+    for line in child.log_text().splitlines():
+        if '"partitions_assigned"' not in line and '"partitions_revoked"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "partitions_assigned":
+            held = (held or set()) | set(entry["partitions"])
+        elif entry.get("event") == "partitions_revoked" and held is not None:
+            held -= set(entry["partitions"])
+    return held
+
+
+async def _wait_members_settled(children: list[Child], partitions: int, quiet: float = 3.0, timeout: float = 180.0) -> float:
+    """Until every member logged an assignment, the members' current
+    assignments cover ``partitions`` exactly once, and none changed for
+    ``quiet`` seconds. Returns the (monotonic) moment that state began."""
+    deadline = time.monotonic() + timeout
+    last: list[frozenset[int] | None] | None = None
+    since = time.monotonic()
+    while True:
+        for ch in children:
+            ch.check_alive()
+        now = time.monotonic()
+        held = [_held_partitions(ch) for ch in children]
+        state = [None if h is None else frozenset(h) for h in held]
+        if state != last:
+            last, since = state, now
+        covered = all(h is not None for h in held) and sorted(p for h in held if h for p in h) == list(range(partitions))
+        if covered and now - since >= quiet:
+            return since
+        if now > deadline:
+            raise TimeoutError(f"the {len(children)} members did not settle on {partitions} partitions: {state}")
+        await asyncio.sleep(0.2)
+
+
+async def _run_members(
+    ctx: BenchContext,
+    kind: str,
+    processes: int,
+    bootstrap: str,
+    records: list[tuple[bytes, bytes]],
+    sizes: dict[str, Any],
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """``kind`` ("processor" or "ceiling") as ``processes`` children in one
+    consumer group on a gated copy of the input (:class:`_GatedInput`): the
+    gate opens once the group has settled, so no rebalance falls in the window."""
+    from adapters.settings import env_name
+
+    contender = f"{kind}_xN"
+    name = common.unique("pn" if kind == "processor" else "cn")
+    input_settings = common.bench_settings(bootstrap, state_root=ctx.workdir)
+    gated = await _GatedInput.publish(input_settings, records)
+    try:
+        settings = common.bench_settings(
+            bootstrap, name=name, state_root=ctx.workdir / "state", topic_events=gated.topic, **overrides
+        )
+        if kind == "processor":
+            await common.create_topics(settings)
+        else:
+            await common.create_topics(
+                settings,
+                topics.like(settings, "outcomes", settings.topic_outcomes, PARTITIONS),
+                topics.like(settings, "state", settings.topic_state, PARTITIONS),
+            )
+        env = common.settings_env(settings)
+        children: list[Child] = []
+        try:
+            for i in range(processes):
+                log_path = ctx.workdir / "logs" / f"{name}-{kind}-{i}.log"
+                if kind == "processor":
+                    member_env = {**env, env_name("state_dir"): str(Path(settings.state_dir) / f"m{i}")}
+                    children.append(Child("consumers.cli", "process", env=member_env, log_path=log_path))
+                else:
+                    children.append(
+                        Child(
+                            "bench.ceiling",
+                            "--outcome-bytes",
+                            str(sizes["outcome_mean_bytes"]),
+                            "--state-bytes",
+                            str(sizes["state_mean_bytes"]),
+                            env=env,
+                            log_path=log_path,
+                        )
+                    )
+            settled = await _wait_members_settled(children, PARTITIONS)
+        except BaseException:
+            for ch in children:
+                ch.stop()
+            raise
+        result = await _measure(
+            contender,
+            children,
+            bootstrap=bootstrap,
+            group=settings.processor_group_id,
+            input_topic=gated.topic,
+            input_ends=gated.ends,
+            output_topic=settings.topic_outcomes,
+            expected_outputs=sum(gated.ends.values()),
+            gate=gated.open,
+        )
+        result["settle_seconds"] = round(settled - children[0].started, 3)
+        result["input_topic"] = gated.topic
+        result["input_publish_seconds"] = round(gated.publish_seconds, 2)
+        if kind == "processor":
+            result.update(_batch_stats(*(ch.log_path for ch in children)))
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
+        return result
+    finally:
+        await gated.close()
+
+
 async def _run_quix(ctx: BenchContext, bootstrap: str, input_topic: str, ends: dict[int, int]) -> dict[str, Any]:
     name = common.unique("q")
     settings = common.bench_settings(bootstrap, name=name, state_root=ctx.workdir / "state")
@@ -404,7 +677,9 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
     if "stages" in p["parts"]:
         ctx.say("stages: timing the per-record steps in-process")
         stage_costs = stages(records[:50_000], input_topic)
-    del records
+    processes = p.get("processes", 1)
+    if processes == 1:
+        del records  # else kept: each N-process run publishes its own gated copy
     ctx.say(f"throughput: published {produced.records:,} events in {produced.seconds:.1f} s; output sizes {sizes}")
     overrides: dict[str, Any] = {}
     if p["batch_max_records"]:
@@ -412,6 +687,8 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
     batch_max_records = common.bench_settings(bootstrap, state_root=ctx.workdir, **overrides).batch_max_records
 
     contenders = ["processor", "ceiling"] + (["quix"] if p["quix"] else []) + (["baseline"] if p["baseline"] else [])
+    if processes > 1:
+        contenders += ["processor_xN", "ceiling_xN"]
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
     # One ceiling run first, not counted: whichever contender ran first on the
     # broker fresh from its start was up to 2x slower (JIT, page cache, first
@@ -428,6 +705,9 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
                 result = await _run_processor(ctx, bootstrap, input_topic, ends, overrides, tree=Path(p["baseline"]))
             elif contender == "ceiling":
                 result = await _run_ceiling(ctx, bootstrap, input_topic, ends, sizes, overrides)
+            elif contender in ("processor_xN", "ceiling_xN"):
+                kind = contender.removesuffix("_xN")
+                result = await _run_members(ctx, kind, processes, bootstrap, records, sizes, overrides)
             else:
                 result = await _run_quix(ctx, bootstrap, input_topic, ends)
             result["round"] = r + 1
@@ -435,6 +715,7 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
             ctx.say(
                 f"throughput:   {contender}: {result['events_per_s']:,.0f} events/s over {result['window_seconds']:.2f} s"
                 f" (end to end {result['end_to_end_events_per_s']:,.0f}/s, cpu {result.get('cpu_us_per_event')} us/event)"
+                + (f" settled in {result['settle_seconds']:.1f} s" if "settle_seconds" in result else "")
             )
 
     def med(contender: str, key: str) -> float | None:
@@ -468,6 +749,20 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
                 round(a["events_per_s"] / b["events_per_s"], 3) for a, b in zip(runs["baseline"], runs["quix"], strict=True)
             ]
             summary["ratio_baseline_to_quix"] = round(summary["baseline"]["events_per_s"] / summary["quix"]["events_per_s"], 3)
+    if processes > 1:
+        # N processes in one group each; against the best the raw pipe did with 1 or N processes.
+        summary["processes"] = processes
+        ceiling_1, ceiling_n = summary["ceiling"]["events_per_s"], summary["ceiling_xN"]["events_per_s"]
+        summary["ceiling_best"] = "ceiling_xN" if ceiling_n > ceiling_1 else "ceiling"
+        summary["ratio_processor_xN_to_ceiling_best"] = round(
+            summary["processor_xN"]["events_per_s"] / max(ceiling_1, ceiling_n), 3
+        )
+        summary["ratio_processor_xN_to_ceiling_best_per_round"] = [
+            round(a["events_per_s"] / max(b["events_per_s"], c["events_per_s"]), 3)
+            for a, b, c in zip(runs["processor_xN"], runs["ceiling"], runs["ceiling_xN"], strict=True)
+        ]
+        summary["scaling_processor_xN_to_processor"] = round(summary["processor_xN"]["events_per_s"] / ours, 3)
+        summary["scaling_ceiling_xN_to_ceiling"] = round(ceiling_n / ceiling_1, 3)
     return {
         "input": {
             "topic": input_topic,
@@ -483,6 +778,7 @@ async def throughput(ctx: BenchContext, p: dict[str, Any]) -> dict[str, Any]:
         "batch_max_records": batch_max_records,
         "timing_rule": "first record seen on the contender's outcome topic -> its group's committed offsets reach the input end; "
         "both observed by polling the broker every 50 ms; rate = events / window; median over rounds",
+        **({"timing_rule_processes": TIMING_RULE_PROCESSES} if processes > 1 else {}),
         "runs": runs,
         "warmup_run": warmup,
         "summary": summary,
@@ -937,6 +1233,40 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                     ),
                 ]
             )
+        if "processes" in s:
+            k = s["processes"]
+            rows.append(
+                [
+                    f"processor x{k} ({k} processes, one group) events/s",
+                    common.fmt_rate(s["processor_xN"]["events_per_s"]),
+                    (
+                        f"{per_round('processor_xN')}; {s['processor_xN']['cpu_us_per_event']} CPU us/event "
+                        f"(sum over processes); x{s['scaling_processor_xN_to_processor']} of processor x1"
+                    ),
+                ]
+            )
+            rows.append(
+                [
+                    f"ceiling x{k} ({k} processes, one group) events/s",
+                    common.fmt_rate(s["ceiling_xN"]["events_per_s"]),
+                    (
+                        f"{per_round('ceiling_xN')}; {s['ceiling_xN']['cpu_us_per_event']} CPU us/event "
+                        f"(sum over processes); x{s['scaling_ceiling_xN_to_ceiling']} of ceiling x1"
+                    ),
+                ]
+            )
+            best = s["ratio_processor_xN_to_ceiling_best"]
+            rows.append(
+                [
+                    f"processor x{k} / max(ceiling x1, ceiling x{k})",
+                    common.fmt_ratio(best),
+                    (
+                        f"best ceiling: {'x' + str(k) if s['ceiling_best'] == 'ceiling_xN' else 'x1'}; "
+                        f"target >= {TARGET_TO_CEILING}: {'met' if best >= TARGET_TO_CEILING else 'NOT met'}; "
+                        f"per round {s['ratio_processor_xN_to_ceiling_best_per_round']}"
+                    ),
+                ]
+            )
         e2e = " / ".join(
             f"{c} {common.fmt_rate(s[c]['end_to_end_events_per_s'])}"
             for c in ("processor", "ceiling", "quix", "baseline")
@@ -1002,6 +1332,17 @@ Restore: restore_states into fresh RocksDB stores vs a raw read_to_end count of 
 RSS: stores pre-built with RocksPartitionStore.apply (checkpoint = end of the empty changelog), processor run as
 `python -m consumers.cli process`, RSS sampled every 50 ms with psutil."""
 
+NOTES_PROCESSES = """N processes (--processor-processes N): "processor xN" and "ceiling xN" are N child processes in one consumer
+group (same settings; the processors with separate state dirs), in the same rounds and order rotation; Quix and
+the baseline are not run this way. Each xN run reads its own copy of the input, published beforehand inside one Kafka
+transaction left open: the members subscribe and join, but read_committed consumers see none of it. The suite
+commits that transaction (opens the gate) only once every member has logged an assignment, the members' current
+assignments cover the 6 partitions exactly once, and none changed for 3 s, so no rebalance falls inside the window.
+Timing rule unchanged: from the first record seen on the outcome topic to the moment the group's committed offsets
+reach the end of the input's data records (the commit marker after them is not counted), polled every 50 ms. CPU
+us/event is the sum over the N processes. "End to end" for xN runs from the gate's opening, not from the spawn.
+The ratio is processor xN / max(ceiling x1, ceiling xN): the best the raw pipe did with 1 or N processes."""
+
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     p = _params(ctx)
@@ -1030,7 +1371,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     # A run of some parts only must not overwrite the figures of a full run.
     name = "processor" if set(p["parts"]) >= set(PARTS) else "processor-" + "-".join(p["parts"])
     json_path, md_path = ctx.write_results(
-        name, result, columns, rows, title=title, notes=NOTES + f"\n\nSuite runtime: {result['suite_seconds']} s."
+        name,
+        result,
+        columns,
+        rows,
+        title=title,
+        notes=NOTES
+        + (f"\n\n{NOTES_PROCESSES}" if p.get("processes", 1) > 1 else "")
+        + f"\n\nSuite runtime: {result['suite_seconds']} s.",
     )
     common.print_table(title, columns, rows)
     ctx.say(f"processor: wrote {json_path} and {md_path} ({result['suite_seconds']} s)")

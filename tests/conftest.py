@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from adapters.settings import Settings, load_settings
+from adapters.topics import topic_names
 
 if TYPE_CHECKING:
     from devtools.kafka_local import LocalKafkaCluster
@@ -54,13 +55,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
     def build(**overrides: object) -> Settings:
         base: dict[str, object] = {
             "kafka_bootstrap_servers": kafka_bootstrap,
-            "topic_events": f"t{suffix}.events",
-            "topic_outcomes": f"t{suffix}.outcomes",
-            "topic_state": f"t{suffix}.state",
-            "topic_deliveries": f"t{suffix}.deliveries",
-            "topic_delivery_waiting": f"t{suffix}.deliveries.waiting",
-            "topic_component": f"t{suffix}.component",
-            "topic_dlq": f"t{suffix}.dlq",
+            **topic_names(f"t{suffix}"),
             "processor_group_id": f"g{suffix}.processor",
             "deliverer_group_id": f"g{suffix}.deliverer",
             "state_dir": tmp_path / "state",

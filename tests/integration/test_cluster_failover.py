@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from adapters import kafka, topics
 from adapters.settings import Settings, load_settings
+from adapters.topics import topic_names
 from devtools.kafka_local import LocalKafkaCluster
 from devtools.simulator import SimulatorServer, WeChatSimulator
 from devtools.simulator.state import DEFAULT_ACCOUNTS
@@ -74,11 +75,7 @@ async def test_leader_failover_twice_keeps_exactly_once_and_delivery_order(
     with SimulatorServer(WeChatSimulator(latency_ms=3)) as server:
         settings = load_settings(
             kafka_bootstrap_servers=kafka_cluster.bootstrap_servers,
-            topic_events=f"f{suffix}.events",
-            topic_outcomes=f"f{suffix}.outcomes",
-            topic_state=f"f{suffix}.state",
-            topic_deliveries=f"f{suffix}.deliveries",
-            topic_dlq=f"f{suffix}.dlq",
+            **topic_names(f"f{suffix}"),
             processor_group_id=f"f{suffix}.processor",
             deliverer_group_id=f"f{suffix}.deliverer",
             topic_partitions=6,

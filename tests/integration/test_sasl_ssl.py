@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.settings import Settings, load_settings
+from adapters.topics import topic_names
 from consumers.cli import EXIT_CONFIG
 from devtools.kafka_local import LocalKafka
 from tests.factories import random_stream
@@ -48,11 +49,7 @@ def secured_settings(broker: LocalKafka, tmp_path: Path, password: str = PASSWOR
         kafka_sasl_username=USER,
         kafka_sasl_password=password,
         kafka_ssl_cafile=broker.ca_path,
-        topic_events=f"s{suffix}.events",
-        topic_outcomes=f"s{suffix}.outcomes",
-        topic_state=f"s{suffix}.state",
-        topic_deliveries=f"s{suffix}.deliveries",
-        topic_dlq=f"s{suffix}.dlq",
+        **topic_names(f"s{suffix}"),
         processor_group_id=f"s{suffix}.processor",
         topic_partitions=3,
         deliverer_group_id=f"s{suffix}.deliverer",

@@ -35,6 +35,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
 from adapters.settings import Settings, load_settings
+from adapters.topics import topic_names
 
 _Slot = tuple[str, int]
 
@@ -360,12 +361,7 @@ def fake_settings(**overrides: Any) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     base: dict[str, Any] = {
         "kafka_bootstrap_servers": "127.0.0.1:9",  # never dialled: every client is a fake
-        "topic_events": f"u{suffix}.events",
-        "topic_outcomes": f"u{suffix}.outcomes",
-        "topic_state": f"u{suffix}.state",
-        "topic_dlq": f"u{suffix}.dlq",
-        "topic_deliveries": f"u{suffix}.deliveries",
-        "topic_delivery_waiting": f"u{suffix}.deliveries.waiting",
+        **topic_names(f"u{suffix}"),
         "processor_group_id": f"u{suffix}.processor",
         "deliverer_group_id": f"u{suffix}.deliverer",
     }

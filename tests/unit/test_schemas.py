@@ -293,6 +293,7 @@ def audit_topic(monkeypatch: pytest.MonkeyPatch) -> topics.TopicSpec:
             "decisions kept for the auditors",
             messages=("audit",),
             operations=(topics.Operation("processor", "send", "One record per decision, in the same transaction."),),
+            setting="topic_audit",
         )
         return [*table(settings), audit]
 
