@@ -121,7 +121,7 @@ class _Failed(Exception):
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(kind)
-        self.kind = kind  # "reset", "closed", "protocol", "timeout"
+        self.kind = kind  # "reset", "protocol", "timeout"
         self.detail = detail
 
 
@@ -154,13 +154,12 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._waiter: asyncio.Future[_Answer] | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._status = 0
+        self._status = 0  # the final (non-1xx) answer's status: 0 until its head is read
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0  # bytes received while the final head was incomplete (interim answers included)
         self._head_size = 0  # header names and values read (interim answers included)
-        self._head_done = False  # the final (non-1xx) head is read
         self._answered = False  # the final answer is read whole
         self._framed = False  # Content-Length or Transfer-Encoding seen: else the body runs to the close
         self._identity = True
@@ -180,12 +179,12 @@ class _Connection(asyncio.Protocol):
             return
         if exc is not None:
             self._fail("reset", f"connection lost after the request was written ({type(exc).__name__})")
-        elif self._head_done and not self._framed:
+        elif self._status and not self._framed:
             # Neither length nor chunked: llhttp reads the body until the close, which ends
             # it (httptools has no call for the end of the stream, so it is ours to say).
             self._complete(reusable=False)
         elif self._head_bytes == 0:
-            self._fail("closed", "server closed the connection without an answer")
+            self._fail("protocol", "server closed the connection without an answer")
         else:
             self._fail("protocol", "server closed the connection in the middle of the answer")
 
@@ -195,7 +194,7 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for (on an idle connection): it cannot be trusted with a request.
             self.close()
             return
-        if not self._head_done:
+        if not self._status:
             self._head_bytes += len(data)
         failed: _Failed | None = None
         try:
@@ -208,7 +207,7 @@ class _Connection(asyncio.Protocol):
             self._complete(reusable=failed is None)
         elif failed is not None:
             self._fail(failed.kind, failed.detail)
-        elif not self._head_done and self._head_bytes > MAX_HEAD_BYTES:
+        elif not self._status and self._head_bytes > MAX_HEAD_BYTES:
             # httptools hands a header over only once it is whole: this bounds one still arriving.
             self._fail("protocol", "answer head too large")
 
@@ -238,7 +237,6 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status >= 200 or status == 101:
             self._status = status
-            self._head_done = True
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -247,7 +245,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if not self._head_done:  # an interim (1xx) answer: the real one follows
+        if not self._status:  # an interim (1xx) answer: the real one follows
             self._headers = []
             self._identity = True
             self._framed = False
@@ -267,7 +265,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = self._head_bytes = self._head_size = 0
-        self._head_done = self._answered = self._framed = self._keep_alive = False
+        self._answered = self._framed = self._keep_alive = False
         self._identity = True
         self.transport.write(data)
 
@@ -299,16 +297,6 @@ class _Connection(asyncio.Protocol):
             self.close()
 
 
-class _Origin:
-    __slots__ = ("host", "port", "server_hostname", "tls")
-
-    def __init__(self, scheme: str, host: str, port: int | None) -> None:
-        self.host = host
-        self.tls = scheme == "https"
-        self.port = port if port is not None else (443 if self.tls else 80)
-        self.server_hostname = host if self.tls else None
-
-
 class Http1Transport(httpx.AsyncBaseTransport):
     """Send httpx requests over a keep-alive pool of at most ``max_connections`` sockets.
 
@@ -334,16 +322,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._busy = 0  # requests holding a slot
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._idle: dict[tuple[str, str, int | None], list[_Connection]] = {}
-        self._origins: dict[tuple[str, str, int | None], _Origin] = {}
         self._open: set[_Connection] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         key = (url.scheme, url.host, url.port)
         if key[0] not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"{request.method} {url.path}: the URL cannot be requested", request=request)
+            raise httpx.UnsupportedProtocol(f"{_where(request)}: the URL cannot be requested", request=request)
         if request.method == "HEAD":  # its answer announces a body it lacks, which llhttp cannot be told
-            raise httpx.UnsupportedProtocol(f"HEAD {url.path}: this transport sends no HEAD request: not sent", request=request)
+            raise httpx.UnsupportedProtocol(f"{_where(request)}: this transport sends no HEAD request: not sent", request=request)
         stream = request.stream
         # A ByteStream yields its bytes in one piece (``Request(content=...)``); a streaming body is read first.
         body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
@@ -371,7 +358,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             conn = await self._connection(key, timeouts.get("connect"), request)
             if not conn.reusable():  # a new connection reset before we wrote a byte
                 raise RequestNotSentError(
-                    f"{request.method} {url.path}: connection lost before the request was written: not sent", request=request
+                    f"{_where(request)}: connection lost before the request was written: not sent", request=request
                 )
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[_Answer] = loop.create_future()
@@ -393,7 +380,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 conn.idle_since = time.monotonic()
                 self._idle.setdefault(key, []).append(conn)
             self._release()
-        if failure is not None or answer is None:
+        if answer is None:  # else ``await waiter`` raised something other than _Failed, which propagated
+            assert failure is not None
             raise _translate(failure, request)
         return httpx.Response(
             answer.status,
@@ -433,8 +421,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if timer is not None:
                 timer.cancel()
         if expired:
-            where = f"{request.method} {request.url.path}"
-            raise httpx.ConnectTimeout(f"{where}: no free connection in time: not sent", request=request)
+            raise httpx.ConnectTimeout(f"{_where(request)}: no free connection in time: not sent", request=request)
 
     def _release(self) -> None:
         while self._waiting:
@@ -454,20 +441,19 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     return conn
                 conn.close()
                 self._open.discard(conn)
-        origin = self._origins.get(key)
-        if origin is None:
-            origin = self._origins[key] = _Origin(*key)
+        scheme, host, port = key
+        tls = scheme == "https"
         loop = asyncio.get_running_loop()
-        where = f"{request.method} {request.url.path}"
+        where = _where(request)
         error: httpx.TransportError | None = None
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     _Connection,
-                    origin.host,
-                    origin.port,
-                    ssl=self._tls() if origin.tls else None,
-                    server_hostname=origin.server_hostname,
+                    host,
+                    port if port is not None else (443 if tls else 80),
+                    ssl=self._tls() if tls else None,
+                    server_hostname=host if tls else None,
                 )
         except TimeoutError:
             error = httpx.ConnectTimeout(f"{where}: no connection in time: not sent", request=request)
@@ -489,11 +475,13 @@ def _expire(slot: asyncio.Future[None]) -> None:
         slot.set_exception(TimeoutError())
 
 
-def _translate(failure: _Failed | None, request: httpx.Request) -> httpx.TransportError:
-    where = f"{request.method} {request.url.path}"
-    if failure is None:
-        return httpx.RemoteProtocolError(f"{where}: no answer: possibly applied", request=request)
-    message = f"{where}: {failure.detail}: possibly applied"
+def _where(request: httpx.Request) -> str:
+    """What an error names of its request: the method and path, never the query (credentials ride there)."""
+    return f"{request.method} {request.url.path}"
+
+
+def _translate(failure: _Failed, request: httpx.Request) -> httpx.TransportError:
+    message = f"{_where(request)}: {failure.detail}: possibly applied"
     if failure.kind == "timeout":
         return httpx.ReadTimeout(message, request=request)
     if failure.kind == "reset":

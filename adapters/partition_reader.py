@@ -185,6 +185,7 @@ async def read_to_end(
     topic: str,
     *,
     start: Mapping[int, int] | None = None,
+    only: Iterable[int] | None = None,
     read_committed: bool = True,
     chunk: int = 10_000,
     timeout: float = 120.0,
@@ -193,9 +194,12 @@ async def read_to_end(
     (nothing if the topic does not exist).
 
     ``start`` maps partitions to first offsets (default: the beginning; past
-    the end: nothing of that partition).
+    the end: nothing of that partition); ``only`` reads just those partitions.
     """
     partitions = await kafka.partitions_of(settings, topic)
+    if only is not None:
+        wanted = set(only)
+        partitions = [p for p in partitions if p in wanted]
     if not partitions:
         return
     async with open_reader(

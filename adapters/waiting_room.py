@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from adapters import kafka, partition_reader
+from adapters import partition_reader
 from adapters.settings import Settings
 from adapters.wire import (
     WAITING_DONE_PREFIX,
@@ -48,6 +48,26 @@ class PartitionRoom(msgspec.Struct):
     done: set[str] = msgspec.field(default_factory=set)
     marker: OwnerMarker | None = None
 
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Fold one record of the room's partition in (``None`` value: a tombstone)."""
+        if key is None:
+            return
+        if key == WAITING_OWNER_KEY:
+            if value is not None:
+                self.marker = decode_owner_marker(value)
+        elif key.startswith(WAITING_ENTRY_PREFIX):
+            name = key[len(WAITING_ENTRY_PREFIX) :].decode()
+            if value is None:
+                self.entries.pop(name, None)
+            else:
+                self.entries[name] = decode_waiting_entry(value)
+        elif key.startswith(WAITING_DONE_PREFIX):
+            name = key[len(WAITING_DONE_PREFIX) :].decode()
+            if value is None:
+                self.done.discard(name)
+            else:
+                self.done.add(name)
+
 
 async def read_rooms(settings: Settings, partitions: Iterable[int]) -> dict[int, PartitionRoom]:
     """Each partition's room as of its end (read_committed: only committed entries)."""
@@ -55,26 +75,9 @@ async def read_rooms(settings: Settings, partitions: Iterable[int]) -> dict[int,
     rooms = {p: PartitionRoom() for p in wanted}
     if not wanted:
         return rooms
-    # read_to_end starts each partition at ``start``; one past any real offset skips it.
-    skip = {p: 2**62 for p in await kafka.partitions_of(settings, settings.topic_delivery_waiting) if p not in wanted}
-    async for batch in partition_reader.read_to_end(settings, settings.topic_delivery_waiting, start=skip):
+    async for batch in partition_reader.read_to_end(settings, settings.topic_delivery_waiting, only=wanted):
         for record in batch:
             room = rooms.get(record.partition)
-            if room is None or record.key is None:
-                continue
-            if record.key == WAITING_OWNER_KEY:
-                if record.value is not None:
-                    room.marker = decode_owner_marker(record.value)
-            elif record.key.startswith(WAITING_ENTRY_PREFIX):
-                key = record.key[len(WAITING_ENTRY_PREFIX) :].decode()
-                if record.value is None:
-                    room.entries.pop(key, None)
-                else:
-                    room.entries[key] = decode_waiting_entry(record.value)
-            elif record.key.startswith(WAITING_DONE_PREFIX):
-                key = record.key[len(WAITING_DONE_PREFIX) :].decode()
-                if record.value is None:
-                    room.done.discard(key)
-                else:
-                    room.done.add(key)
+            if room is not None:
+                room.apply(record.key, record.value)
     return rooms

@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -107,9 +108,10 @@ async def take_over(
         rooms.update(await read_rooms(settings, [tp.partition for tp in tps]))
 
     async def adopt(committed: dict[TopicPartition, ownership.Committed]) -> None:  # steps 3-5
+        ends = await kafka.end_offsets(consumer, list(committed))  # one request for every partition
         await asyncio.gather(
             *(
-                _adopt(settings, lanes[tp], rooms[tp.partition], where.offset, consumer, instance)
+                _adopt(settings, lanes[tp], rooms[tp.partition], where.offset, ends[tp], instance)
                 for tp, where in committed.items()
             )
         )
@@ -136,7 +138,7 @@ async def _adopt(
     lane: PartitionLane,
     room: waiting_room.PartitionRoom,
     committed: int | None,
-    consumer: AIOKafkaConsumer,
+    end: int,
     instance: str,
 ) -> None:
     marker = room.marker
@@ -149,15 +151,14 @@ async def _adopt(
     if clean:
         lane.possibly_applied_below = marker.attempted_below if marker is not None else 0
     else:
-        ends = await kafka.end_offsets(consumer, [lane.tp])
-        lane.possibly_applied_below = ends[lane.tp]
+        lane.possibly_applied_below = end  # the partition's end at the takeover
         lane.calls_allowed_at = time.time() + takeover_wait_s(settings)
     # Carried forward: what earlier owners may have called stays "possibly
     # applied" for the next owner too, not only what this one calls.
     lane.attempted_below = lane.possibly_applied_below
     lane.token = uuid.uuid4().hex
     lane.ledger.apply([(LEDGER_TOKEN_KEY, lane.token.encode())], None)
-    await _write_marker(settings, lane, "open", instance)  # step 5
+    await _write_open_marker(settings, lane, instance)  # step 5
     log.info(
         "deliverer_partition_taken_over",
         partition=lane.partition,
@@ -167,21 +168,22 @@ async def _adopt(
     )
 
 
-async def _write_marker(settings: Settings, lane: PartitionLane, state: str, instance: str) -> None:
+def _marker(lane: PartitionLane, state: Literal["open", "closed"], instance: str) -> bytes:
+    """The partition's owner marker, as this lane's ownership leaves it."""
     marker = wire.OwnerMarker(
-        state=state,  # type: ignore[arg-type]  # "open" | "closed", checked by the callers' literals
-        token=lane.token,
-        instance=instance,
-        at=time.time(),
-        attempted_below=lane.attempted_below,
+        state=state, token=lane.token, instance=instance, at=time.time(), attempted_below=lane.attempted_below
     )
+    return wire.encode(marker)
+
+
+async def _write_open_marker(settings: Settings, lane: PartitionLane, instance: str) -> None:
     with kafka.broker_errors("begin marker transaction"):
         await lane.producer.begin_transaction()
     try:
         with kafka.broker_errors("write owner marker"):
             await lane.producer.send(
                 settings.topic_delivery_waiting,
-                wire.encode(marker),
+                _marker(lane, "open", instance),
                 key=wire.WAITING_OWNER_KEY,
                 partition=lane.partition,
             )
@@ -221,14 +223,7 @@ async def commit(
             for key, value in plan.room:
                 await batch.add(room, lane.partition, key, value)
             if closing_as is not None:
-                marker = wire.OwnerMarker(
-                    state="closed",
-                    token=lane.token,
-                    instance=closing_as,
-                    at=time.time(),
-                    attempted_below=lane.attempted_below,
-                )
-                await batch.add(room, lane.partition, wire.WAITING_OWNER_KEY, wire.encode(marker))
+                await batch.add(room, lane.partition, wire.WAITING_OWNER_KEY, _marker(lane, "closed", closing_as))
             await batch.flush()
             with kafka.broker_errors("commit delivery transaction"):
                 if plan.offset is not None:

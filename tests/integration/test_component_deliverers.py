@@ -39,7 +39,7 @@ from devtools.simulator.state import (
 )
 from domain.status import ReimburseStatus as S
 from tests.factories import card, event
-from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, until
+from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, push_to_webhook, until
 from tests.support.kafka_io import produce_events, read_topic, values, wait_for_count
 from tests.support.services import free_port
 
@@ -110,15 +110,7 @@ async def test_two_deliverers_deliver_across_three_ticket_rotations_and_an_unaut
     sim = wechat.sim
     delivered = 0
     async with pipeline(settings) as deliverers, httpx.AsyncClient(base_url=wechat.base_url, timeout=30) as control:
-        await control.post(
-            "/_sim/pushes/config",
-            json={
-                "component_url": f"http://127.0.0.1:{settings.webhook_port}/wechat/component",
-                "token": TOKEN,
-                "encoding_aes_key": KEY,
-                "component_appid": DEMO_COMPONENT_APPID,
-            },
-        )
+        await push_to_webhook(control, settings)
         await until(lambda: all(d.lanes for d in deliverers), "both deliverers owning partitions")
 
         async def deliver_round(n: int) -> dict[str, dict[str, Any]]:

@@ -30,7 +30,7 @@ from devtools.simulator.state import (
     DEMO_VERIFY_TICKET,
 )
 from domain.errors import AuthorizerUnauthorizedError
-from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, until
+from tests.support.component import AUTHORIZER, HOURS_5, KEY, OTHER, TOKEN, component_simulator, push_to_webhook, until
 from tests.support.kafka_io import read_topic
 from tests.support.services import free_port
 
@@ -88,15 +88,7 @@ async def test_two_token_owners_follow_three_ticket_rotations_and_an_unauthorize
         await started.wait()
         tasks += [asyncio.create_task(f.run(stop)) for f in feeds]
         try:
-            await sim.post(
-                "/_sim/pushes/config",
-                json={
-                    "component_url": f"http://127.0.0.1:{settings.webhook_port}/wechat/component",
-                    "token": TOKEN,
-                    "encoding_aes_key": KEY,
-                    "component_appid": DEMO_COMPONENT_APPID,
-                },
-            )
+            await push_to_webhook(sim, settings)
             for feed in feeds:
                 await asyncio.wait_for(feed.caught_up.wait(), 30)
             for p in providers:
@@ -161,15 +153,7 @@ async def test_a_new_instance_starts_from_the_newest_ticket_on_the_topic(
     await started.wait()
     try:
         async with httpx.AsyncClient(base_url=wechat.base_url, timeout=30) as sim:
-            await sim.post(
-                "/_sim/pushes/config",
-                json={
-                    "component_url": f"http://127.0.0.1:{settings.webhook_port}/wechat/component",
-                    "token": TOKEN,
-                    "encoding_aes_key": KEY,
-                    "component_appid": DEMO_COMPONENT_APPID,
-                },
-            )
+            await push_to_webhook(sim, settings)
             for _ in range(3):
                 assert (await sim.post("/_sim/clock/advance", json={"seconds": 600, "wait": True})).json()["delivered"] == [True]
     finally:

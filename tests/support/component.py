@@ -7,8 +7,11 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
+
+from adapters.settings import Settings
 from devtools.simulator import SimulatorServer, WeChatSimulator
-from devtools.simulator.state import DEFAULT_AUTHORIZERS
+from devtools.simulator.state import DEFAULT_AUTHORIZERS, DEMO_COMPONENT_APPID
 
 #: The platform's push Token and EncodingAESKey (test values).
 TOKEN = "component-push-token"
@@ -23,6 +26,19 @@ def component_simulator() -> Iterator[SimulatorServer]:
     # working after a rotation (how WeChat treats authorizer_refresh_token).
     with SimulatorServer(WeChatSimulator(keep_old_refresh_token=True)) as server:
         yield server
+
+
+async def push_to_webhook(sim: httpx.AsyncClient, settings: Settings) -> None:
+    """Have the simulated platform push its component events to the webhook of ``settings``."""
+    await sim.post(
+        "/_sim/pushes/config",
+        json={
+            "component_url": f"http://127.0.0.1:{settings.webhook_port}/wechat/component",
+            "token": TOKEN,
+            "encoding_aes_key": KEY,
+            "component_appid": DEMO_COMPONENT_APPID,
+        },
+    )
 
 
 async def until(predicate: Callable[[], bool], what: str, *, timeout: float = 30) -> None:

@@ -36,6 +36,9 @@ from aiokafka.structs import ConsumerRecord
 
 from adapters.settings import Settings, load_settings
 from adapters.topics import topic_names
+from consumers.delivery_lane import Job, PartitionLane
+from domain.model import idempotency_key
+from domain.status import ReimburseStatus
 
 _Slot = tuple[str, int]
 
@@ -367,3 +370,21 @@ def fake_settings(**overrides: Any) -> Settings:
     }
     base.update(overrides)
     return load_settings(**base)
+
+
+def job(lane: PartitionLane, offset: int, card: str, version: int, appid: str = "wxA") -> Job:
+    """A delivery of outcome ``offset`` of ``lane``: invoice ``card``/``c`` at ``version``
+    (odd versions lock, even ones unlock)."""
+    return Job(
+        lane=lane,
+        offset=offset,
+        outcome_id=f"o-{offset}",
+        card_id=card,
+        code="c",
+        appid=appid,
+        status=ReimburseStatus.LOCK if version % 2 else ReimburseStatus.INIT,
+        version=version,
+        key=idempotency_key(card, "c", version),
+        repair=False,
+        possibly_applied=False,
+    )

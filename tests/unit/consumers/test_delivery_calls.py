@@ -16,7 +16,8 @@ from adapters.settings import Settings
 from consumers import delivery_calls
 from consumers.delivery_calls import Calls, utc_iso
 from domain.delivery import DeliveryResult, Final
-from tests.unit.consumers.test_delivery_lane import job, lane
+from tests.support.fakes import job
+from tests.unit.consumers.test_delivery_lane import lane
 
 
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))

@@ -25,10 +25,8 @@ from consumers import delivery_commit
 from consumers.deliverer import Deliverer
 from consumers.delivery_lane import LEDGER_TOKEN_KEY, Job, PartitionLane
 from domain.delivery import WaitReason
-from domain.model import idempotency_key
-from domain.status import ReimburseStatus as S
 from tests.support import fakes
-from tests.support.fakes import FakeBroker, FakeConsumer, FakeTransactionalProducer
+from tests.support.fakes import FakeBroker, FakeConsumer, FakeTransactionalProducer, job
 
 INSTANCE = "host-a:1"
 
@@ -71,22 +69,7 @@ class Harness:
         """The room's partition 0 as a read_committed reader sees it at its end (as ``read_rooms``)."""
         room = waiting_room.PartitionRoom()
         for record in self.broker.committed_records(self.settings.topic_delivery_waiting, 0):
-            assert record.key is not None
-            if record.key == wire.WAITING_OWNER_KEY:
-                assert record.value is not None
-                room.marker = wire.decode_owner_marker(record.value)
-            elif record.key.startswith(wire.WAITING_ENTRY_PREFIX):
-                key = record.key[len(wire.WAITING_ENTRY_PREFIX) :].decode()
-                if record.value is None:
-                    room.entries.pop(key, None)
-                else:
-                    room.entries[key] = wire.decode_waiting_entry(record.value)
-            elif record.key.startswith(wire.WAITING_DONE_PREFIX):
-                key = record.key[len(wire.WAITING_DONE_PREFIX) :].decode()
-                if record.value is None:
-                    room.done.discard(key)
-                else:
-                    room.done.add(key)
+            room.apply(record.key, record.value)
         return room
 
     def markers(self) -> list[wire.OwnerMarker]:
@@ -129,22 +112,6 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     return Harness(fake_settings(tmp_path), monkeypatch)
-
-
-def job(lane: PartitionLane, offset: int, card: str, version: int) -> Job:
-    return Job(
-        lane=lane,
-        offset=offset,
-        outcome_id=f"o-{offset}",
-        card_id=card,
-        code="c",
-        appid="wxA",
-        status=S.LOCK if version % 2 else S.INIT,
-        version=version,
-        key=idempotency_key(card, "c", version),
-        repair=False,
-        possibly_applied=False,
-    )
 
 
 def added(j: Job) -> Job:

@@ -19,6 +19,7 @@ from domain.delivery import DeliveryResult, WaitReason
 from domain.errors import QuotaExhaustedError, UnknownResultError
 from domain.model import idempotency_key
 from domain.status import ReimburseStatus as S
+from tests.support.fakes import job
 
 
 @dataclass
@@ -60,22 +61,6 @@ def settings(**overrides: Any) -> Settings:
 
 def lane() -> PartitionLane:
     return PartitionLane(TopicPartition("o", 0), producer=None, ledger=MemoryPartitionStore())
-
-
-def job(lane: PartitionLane, offset: int, card: str, version: int, appid: str = "wxA") -> Job:
-    return Job(
-        lane=lane,
-        offset=offset,
-        outcome_id=f"o-{offset}",
-        card_id=card,
-        code="c",
-        appid=appid,
-        status=S.LOCK if version % 2 else S.INIT,
-        version=version,
-        key=idempotency_key(card, "c", version),
-        repair=False,
-        possibly_applied=False,
-    )
 
 
 def commit(lane: PartitionLane, calls: Calls) -> None:

@@ -49,6 +49,15 @@ async def sim_client(wechat: SimulatorServer) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
+async def _reimburse(sim: httpx.AsyncClient, status: str) -> Any:
+    """WeChat's user reimburses (or locks) the card: the simulator pushes and waits for the answer."""
+    answer = await sim.post(
+        "/_sim/reimburse",
+        json={"appid": APPID, "card_id": CARD, "code": CODE, "reimburse_status": status, "wait": True},
+    )
+    return answer.json()
+
+
 async def _configure(sim: httpx.AsyncClient, server: WebhookServer, mode: str, **extra: object) -> None:
     answer = await sim.post(
         "/_sim/pushes/config",
@@ -73,18 +82,7 @@ async def test_a_reimburser_s_lock_is_pushed_signed_and_encrypted_in_every_mode(
     server = await _webhook(publisher, key=None if mode == "plaintext" else KEY)
     try:
         await _configure(sim_client, server, mode)
-        answer = (
-            await sim_client.post(
-                "/_sim/reimburse",
-                json={
-                    "appid": APPID,
-                    "card_id": CARD,
-                    "code": CODE,
-                    "reimburse_status": "INVOICE_REIMBURSE_LOCK",
-                    "wait": True,
-                },
-            )
-        ).json()
+        answer = await _reimburse(sim_client, "INVOICE_REIMBURSE_LOCK")
     finally:
         await server.stop()
     assert answer["errcode"] == 0 and answer["delivered"] == [True]
@@ -100,18 +98,7 @@ async def test_a_change_wechat_refuses_is_not_applied_and_not_pushed(
     server = await _webhook(publisher, key=KEY)
     try:
         await _configure(sim_client, server, "safe")
-        answer = (
-            await sim_client.post(
-                "/_sim/reimburse",
-                json={
-                    "appid": APPID,
-                    "card_id": CARD,
-                    "code": CODE,
-                    "reimburse_status": "INVOICE_REIMBURSE_CLOSURE",
-                    "wait": True,
-                },
-            )
-        ).json()
+        answer = await _reimburse(sim_client, "INVOICE_REIMBURSE_CLOSURE")
     finally:
         await server.stop()
     assert answer["errcode"] == 72039  # INIT -> CLOSURE: must lock first
@@ -126,18 +113,7 @@ async def test_a_push_without_success_is_retried_three_times_like_wechat(
     publisher.fail = BrokerError("Kafka is down")  # the webhook answers 503 every time
     try:
         await _configure(sim_client, server, "safe", retries=3, answer_timeout_s=2.0)
-        answer = (
-            await sim_client.post(
-                "/_sim/reimburse",
-                json={
-                    "appid": APPID,
-                    "card_id": CARD,
-                    "code": CODE,
-                    "reimburse_status": "INVOICE_REIMBURSE_LOCK",
-                    "wait": True,
-                },
-            )
-        ).json()
+        answer = await _reimburse(sim_client, "INVOICE_REIMBURSE_LOCK")
         attempts = (await sim_client.get("/_sim/pushes")).json()["pushes"]
     finally:
         await server.stop()
@@ -161,18 +137,7 @@ async def test_a_retried_push_that_finally_lands_is_one_record(sim_client: httpx
     server._publish = flaky  # a publisher that fails once
     try:
         await _configure(sim_client, server, "safe")
-        answer = (
-            await sim_client.post(
-                "/_sim/reimburse",
-                json={
-                    "appid": APPID,
-                    "card_id": CARD,
-                    "code": CODE,
-                    "reimburse_status": "INVOICE_REIMBURSE_LOCK",
-                    "wait": True,
-                },
-            )
-        ).json()
+        answer = await _reimburse(sim_client, "INVOICE_REIMBURSE_LOCK")
         attempts = (await sim_client.get("/_sim/pushes")).json()["pushes"]
     finally:
         await server.stop()
