@@ -567,7 +567,6 @@ class _FastCloudEvent(Struct, frozen=True, forbid_unknown_fields=False, gc=False
 
 
 _fast_event_decoder = msgspec.json.Decoder(_FastCloudEvent)
-_fast_event_encoder = msgspec.json.Encoder()
 #: The very patterns msgspec applies (with ``re.search``), for the fields the
 #: cheap checks below cannot vouch for.
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -614,7 +613,7 @@ def _fast_event(value: bytes) -> _FastCloudEvent | None:
         event = _fast_event_decoder.decode(value)
     except _DECODE_ERRORS:
         return None
-    canonical = _fast_event_encoder.encode(event)
+    canonical = _encoder.encode(event)
     if len(canonical) != len(value) and _significant_length(canonical) != _significant_length(value):
         return None
     data = event.data

@@ -583,7 +583,11 @@ class Processor(ConsumerRebalanceListener):
         try:
             committed = await self._take_ownership_through_outages(workers)
             assert self.consumer is not None
-            ownership.seek(self.consumer, committed, lambda tp: self.workers.__setitem__(tp, workers[tp]))
+
+            def register(tp: TopicPartition) -> None:
+                self.workers[tp] = workers[tp]
+
+            ownership.seek(self.consumer, committed, register)
         except BaseException as exc:
             # aiokafka logs and swallows callback errors; a partition we
             # failed to open would then be silently ignored. Stop instead.

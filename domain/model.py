@@ -63,11 +63,6 @@ class InvoiceState(Struct, frozen=True, gc=False):
     def key(self) -> str:
         return invoice_key(self.card_id, self.code)
 
-    @classmethod
-    def initial(cls, card_id: str, code: str) -> InvoiceState:
-        """An invoice never seen before is judged from INIT (DOMAIN.md)."""
-        return cls(card_id=card_id, code=code)
-
 
 class DecisionKind(StrEnum):
     ACCEPTED = "accepted"

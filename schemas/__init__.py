@@ -188,8 +188,7 @@ def asyncapi() -> dict[str, Any]:
         for name in spec.messages:
             if name not in messages:
                 messages[name] = written_out[name] if name in written_out else _message(name, SCHEMA_TYPES[name])
-        config: dict[str, Any] = {k: (int(v) if k != "cleanup.policy" else v) for k, v in spec.configs().items()}
-        config["cleanup.policy"] = [spec.cleanup]
+        config = {k: [v] if k == "cleanup.policy" else int(v) for k, v in spec.configs().items()}
         channels[spec.role] = {
             "address": spec.name,
             "description": f"{spec.description[0].upper()}{spec.description[1:]}.",
