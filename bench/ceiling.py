@@ -22,7 +22,8 @@ store leave us. What it does, line for line like ``consumers/processor.py``:
   (the same ``BatchBuilder`` path); ``flush`` (wait for acks);
   ``send_offsets_to_transaction({tp: last + 1}, group)``; ``commit_transaction``.
 
-What it does not do: decode the event, decide, encode an outcome or a state,
+It runs under the processor's garbage-collector settings
+(``consumers.app.tune_garbage_collector``). What it does not do: decode the event, decide, encode an outcome or a state,
 read or write a state store, log per batch, export metrics. The values are
 constant byte strings whose sizes are the mean sizes of the processor's
 outcome and state records for the same input (computed by the suite from the
@@ -48,6 +49,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from adapters import kafka
 from adapters.settings import Settings, load_settings
+from consumers.app import tune_garbage_collector
 
 
 class CeilingPipe(ConsumerRebalanceListener):
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
 
     async def run() -> None:
+        tune_garbage_collector()  # as the processor's runtime does
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -50,12 +51,41 @@ def _register_secret(value: str) -> None:
         register_secret(value)
 
 
+#: Young-generation threshold of the cyclic garbage collector for the
+#: long-running commands (CPython's default is 700). Every consumed record
+#: allocates a handful of tracked objects (aiokafka's ConsumerRecord and its
+#: headers list, the batch's lists and tuples), so at the default the
+#: processor ran ~750 young, ~70 middle and 6 full collections per 200,000
+#: benchmark events: 0.53 s of its 9.2 s CPU. At 10,000 that was 0.24 s, at
+#: 50,000 0.14 s (with pauses of ~27 ms); 20,000 sits between. Side by side
+#: with the code before (``./dev bench --processor-baseline``) the processor
+#: went from 32.3 to 30.0 CPU us/event. Nothing relies on cycles being
+#: collected early: a young generation of 20,000 objects is a few MiB.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Steady-state collector settings for a long-running command.
+
+    ``gc.freeze`` moves everything alive now (modules, classes, settings:
+    hundreds of thousands of objects) to a generation no collection scans
+    again, so full collections only walk what the service made since; the
+    thresholds make young collections rare. Called once the command's code is
+    imported and before its loop starts (``runtime``; the benchmark's ceiling
+    calls it too, so the two are compared under the same collector).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
 @contextlib.asynccontextmanager
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Metrics/health server (if a port is set) and a stop event set by SIGTERM/SIGINT."""
     from adapters.health import HealthServer
     from adapters.metrics import Metrics
 
+    tune_garbage_collector()
     metrics = Metrics()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
