@@ -36,8 +36,9 @@ per token, the request (an ``httpx.Request`` with its headers complete:
 ``Host``, ``Content-Type``, ``Content-Length``, ``Idempotency-Key``) is built
 here, the body is one ``msgspec`` encode and the answer one ``msgspec``
 decode of the bytes as received into a two-field struct. On the service's
-own client (``new_http_client``) the request goes straight to the
-transport's ``handle_async_request``: ``AsyncClient.send`` would add only
+own client (``new_http_client``), unless the environment names a proxy for
+WeChat's URL, the request goes straight to the transport's
+``handle_async_request``: ``AsyncClient.send`` would add only
 what this call never uses (auth flow, redirects, cookies, event hooks) and
 about a tenth of the call's CPU. The client's timeouts go along in the
 request's extensions and the transport's errors are the same httpx errors,
@@ -183,8 +184,10 @@ class WeChatClient:
         self._host = (b"Host", self._url.netloc)
         # A request built here skips the client's merging: the client's timeouts go along.
         self._extensions = {"timeout": client.timeout.as_dict()}
-        # The service's client: straight to its transport (see the module docstring).
-        self._transport = client.transport if isinstance(client, _HTTPClient) else None
+        # The service's client: straight to its transport (see the module docstring),
+        # unless the environment routes WeChat through a proxy (``_environment_proxies``):
+        # then through ``send``, which picks the proxy's transport, as for the token calls.
+        self._transport = client.transport if isinstance(client, _HTTPClient) and client.routes_directly(self._url) else None
         self._clock = clock
 
     @classmethod
@@ -338,9 +341,28 @@ def new_http_client(
         max_connections=max_connections,
         max_keepalive_connections=max_connections if max_keepalive_connections is None else max_keepalive_connections,
     )
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
     if transport is None:
         transport = Http1Transport(max_connections=max_connections)
-    return _HTTPClient(timeout=httpx.Timeout(timeout_s), limits=limits, transport=transport)
+        mounts = _environment_proxies(limits)
+    return _HTTPClient(timeout=httpx.Timeout(timeout_s), limits=limits, transport=transport, mounts=mounts)
+
+
+def _environment_proxies(limits: httpx.Limits) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` less ``NO_PROXY``, as mounts.
+
+    httpx applies these only to a client it builds the transport of, and
+    ignores them once handed one, as here; so they are mounted by hand, by
+    the rules httpx itself reads them with (its ``get_environment_proxies``):
+    a deployment behind an egress proxy reaches WeChat through it, token
+    calls and status calls alike, on httpx's own proxy transport.
+    """
+    from httpx._utils import get_environment_proxies  # private, but the exact rules of httpx's default
+
+    return {
+        pattern: None if proxy is None else httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
+        for pattern, proxy in get_environment_proxies().items()
+    }
 
 
 class _AnswerCookiesIgnored(httpx.Cookies):
@@ -356,6 +378,14 @@ class _HTTPClient(httpx.AsyncClient):
         super().__init__(transport=transport, **kwargs)
         self._cookies = _AnswerCookiesIgnored(self._cookies)
         self.transport = transport
+
+    def routes_directly(self, url: httpx.URL) -> bool:
+        """Whether ``send`` hands a request for ``url`` to ``transport``: no proxy
+        is mounted for it. httpx mounts one per URL pattern from the environment
+        (``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` less ``NO_PROXY``) and picks
+        by ``_transport_for_url``; asking that same method keeps the two in step
+        (tests/unit/adapters/test_wechat_client.py sends through a proxy)."""
+        return self._transport_for_url(url) is self.transport
 
     @property
     def cookies(self) -> httpx.Cookies:

@@ -355,3 +355,75 @@ async def test_the_service_http_client_keeps_no_cookies_from_answers() -> None:
         http.cookies = {"set": "by hand"}  # cookies set on purpose still go out
         await http.post(f"{BASE}{UPDATESTATUS_PATH}", content=b"{}")
         assert dict(http.cookies) == {"set": "by hand"}
+
+
+class _ForwardProxy:
+    """An HTTP forward proxy on loopback that answers for WeChat itself and
+    records the absolute-form targets it was asked for (what a client sends
+    to a proxy for an ``http://`` URL)."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")
+                target = lines[0].split(" ")[1]
+                self.targets.append(target)
+                length = next((int(x.split(":", 1)[1]) for x in lines if x.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                token = b'{"access_token":"ACCESS-TOKEN","expires_in":7200}'
+                body = token if "token" in target.split("?")[0] else b'{"errcode":0,"errmsg":"ok"}'
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                writer.write(head + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_an_environment_proxy_carries_the_status_calls_as_well_as_the_token_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No such host: a call that skipped the proxy could not be answered at all.
+    base = "http://api.weixin.invalid"
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = _ForwardProxy()
+    async with proxy as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        settings = Settings(wechat_base_url=base, wechat_appid=APPID, wechat_secret=SECRET, wechat_timeout_s=2.0)  # type: ignore[arg-type]  # pydantic makes the SecretStr
+        async with WeChatClient.from_settings(settings) as client:
+            assert (await update(client)).errcode == 0
+            assert (await update(client)).errcode == 0
+    paths = [target.split("?")[0] for target in proxy.targets]
+    assert paths[0].startswith(f"{base}/cgi-bin/") and "token" in paths[0]
+    assert paths[1:] == [f"{base}{UPDATESTATUS_PATH}"] * 2
+
+
+async def test_without_a_proxy_the_service_client_calls_its_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    http = new_http_client(timeout_s=1.0, max_connections=2)
+    assert http.routes_directly(httpx.URL(f"{BASE}{UPDATESTATUS_PATH}"))  # type: ignore[attr-defined]  # the service's client class
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    proxied = new_http_client(timeout_s=1.0, max_connections=2)
+    assert not proxied.routes_directly(httpx.URL(f"{BASE}{UPDATESTATUS_PATH}"))  # type: ignore[attr-defined]
+    monkeypatch.setenv("NO_PROXY", "wechat.test")
+    bypassed = new_http_client(timeout_s=1.0, max_connections=2)
+    assert bypassed.routes_directly(httpx.URL(f"{BASE}{UPDATESTATUS_PATH}"))  # type: ignore[attr-defined]
+    for client in (http, proxied, bypassed):
+        await client.aclose()
