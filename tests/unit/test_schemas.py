@@ -343,3 +343,25 @@ async def test_a_new_topic_is_created_from_its_row_alone(audit_topic: topics.Top
     assert audit.num_partitions == settings.topic_partitions == counts["invoice.audit"]
     assert audit.topic_configs == audit_topic.configs()
     assert audit.topic_configs["retention.ms"] == str(365 * 86_400_000)
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [("pjZ8Yt7Um2jYxzneP8Gom/186921658591", True), ("c/1\n", False), ("c/", False), ("c/1/2", False), ("c/\u0661", False)],
+)
+def test_the_documented_key_pattern_ends_where_the_key_ends(key: str, valid: bool) -> None:
+    """One rule for every pattern: a trailing newline, a third part or a non-ASCII digit is no invoice key."""
+    import re
+
+    assert (re.search(wire.INVOICE_KEY_PATTERN, key) is not None) is valid
+    documented = _documented_key_patterns()
+    assert documented and all(t["pattern"] == wire.INVOICE_KEY_PATTERN for t in documented)
+
+
+def _documented_key_patterns() -> list[dict[str, str]]:
+    doc = schemas.asyncapi()
+    return [
+        m["bindings"]["kafka"]["key"]
+        for m in doc["components"]["messages"].values()
+        if "pattern" in m.get("bindings", {}).get("kafka", {}).get("key", {})
+    ]
