@@ -44,14 +44,18 @@ class Committed:
 
 
 async def committed_offsets(consumer: Any, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, Committed]:
-    """Step 3: each partition's committed offset, or its beginning when there is none."""
+    """Step 3: each partition's committed offset, or its beginning when there is none.
+
+    aiokafka's public ``committed`` asks for one partition per request; the
+    requests go out together, so a takeover of many partitions waits for one
+    round trip, not one per partition.
+    """
     begins = await beginning_offsets(consumer, list(partitions))
-    found: dict[TopicPartition, Committed] = {}
-    for tp in partitions:
-        with broker_errors("fetch committed offset"):
-            offset = await consumer.committed(tp)
-        found[tp] = Committed(offset, begins[tp] if offset is None else offset)
-    return found
+    with broker_errors("fetch committed offset"):
+        offsets = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
+    return {
+        tp: Committed(offset, begins[tp] if offset is None else offset) for tp, offset in zip(partitions, offsets, strict=True)
+    }
 
 
 async def take_ownership(

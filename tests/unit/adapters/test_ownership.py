@@ -6,6 +6,8 @@ then adopt; a failing step stops the sequence before the next one.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import TopicPartition
 
@@ -91,3 +93,23 @@ def test_seek_registers_each_partition_right_after_seeking_it() -> None:
 
     assert registered == TPS
     assert consumer.seeks == [(TPS[0], 5), (TPS[1], 0)]
+
+
+async def test_the_committed_offsets_of_all_partitions_are_asked_for_together() -> None:
+    broker = FakeBroker()
+    consumer = consumer_with_offsets(broker, {TPS[0]: 4, TPS[1]: 9})
+    asked = consumer.committed
+    in_flight, most = 0, 0
+
+    async def committed(tp: TopicPartition) -> int | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)  # a round trip
+        in_flight -= 1
+        return await asked(tp)
+
+    consumer.committed = committed  # type: ignore[method-assign]
+    found = await ownership.committed_offsets(consumer, TPS)
+    assert found == {TPS[0]: ownership.Committed(4, 4), TPS[1]: ownership.Committed(9, 9)}
+    assert most == len(TPS)
