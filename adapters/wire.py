@@ -35,8 +35,8 @@ from domain.status import EVENT_TYPE_ORIGINS, EVENT_TYPE_TARGETS, Origin, Reimbu
 #: matches before a trailing newline), and ``[0-9]`` is ASCII where ``\d`` is not.
 _END = r"$(?!\n)"
 #: Card ids, codes and appids are short ASCII tokens; ``/`` would break the key.
-_TOKEN = r"[A-Za-z0-9_-]{1,64}"
-TOKEN_PATTERN = "^" + _TOKEN + _END
+_ID_PART = r"[A-Za-z0-9_-]{1,64}"
+TOKEN_PATTERN = "^" + _ID_PART + _END
 RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})" + _END
 #: Event ids are opaque but printable (no C0 or C1 control): a control character in an id would end
 #: up in outcomes, logs and DLQ headers.
@@ -433,7 +433,7 @@ def decode_component_record(value: bytes) -> ComponentRecord:
 # -------------------------------------------------------------- the formats
 
 #: The invoice key, ``card_id/code``: two tokens.
-INVOICE_KEY_PATTERN = "^" + _TOKEN + "/" + _TOKEN + _END
+INVOICE_KEY_PATTERN = "^" + _ID_PART + "/" + _ID_PART + _END
 
 
 @dataclass(frozen=True, slots=True)
