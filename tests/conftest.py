@@ -45,10 +45,6 @@ def kafka_cluster() -> Iterator[LocalKafkaCluster]:
 
     with LocalKafkaCluster(3) as cluster:
         yield cluster
-        # Thrown away, so killed: SIGTERMed together, the nodes' controlled
-        # shutdowns wait on a quorum that is leaving too (15 s in CI).
-        for node in cluster.nodes:
-            node.kill()
 
 
 @pytest.fixture
