@@ -20,7 +20,9 @@ import shutil
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from adapters.settings import env_name
 from domain.errors import ConfigurationError
@@ -35,6 +37,12 @@ class PartitionStore(ABC):
 
     @abstractmethod
     def get(self, key: bytes) -> bytes | None: ...
+
+    def prefetch(self, keys: list[bytes]) -> None:  # noqa: B027  # optional: a store that reads fast enough on demand does nothing
+        """Start reading ``keys`` now; the ``get`` of each is then answered from that read.
+
+        A hint, never a change of meaning: ``get`` returns the same with or without it.
+        """
 
     @abstractmethod
     def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
@@ -107,8 +115,39 @@ class MemoryPartitionStore(PartitionStore):
         return len(self._data)
 
 
+#: One thread per process reads prefetched keys for every partition's store.
+_reader_pool: ThreadPoolExecutor | None = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    global _reader_pool  # noqa: PLW0603  # created on first use: most commands never prefetch
+    if _reader_pool is None:
+        _reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-prefetch")
+    return _reader_pool
+
+
+def _read_many(db: Any, keys: list[bytes]) -> dict[bytes, bytes | None]:
+    # rocksdict releases the GIL for a list of keys (RocksDB MultiGet), not for one key.
+    return dict(zip(keys, db.get(keys), strict=True))
+
+
+#: ``get``'s marker for a key the prefetch did not read.
+_UNREAD: Any = object()
+
+
 class RocksPartitionStore(PartitionStore):
-    """RocksDB through rocksdict, raw bytes in and out."""
+    """RocksDB through rocksdict, raw bytes in and out.
+
+    ``prefetch`` reads a batch's keys with one MultiGet on a background
+    thread, which rocksdict runs without the GIL: the processor decodes the
+    batch meanwhile. With a store much larger than the state cache most
+    events read a state from an SST file (a pread and a decompression, ~8 us
+    held under the GIL one key at a time); read this way the processor's
+    thread spends about half as long per event. Every other use of the
+    database waits for a read in flight first, and every write forgets what
+    was read, so a ``get`` answered from a prefetch always says what the
+    database holds.
+    """
 
     def __init__(self, path: Path, *, write_ahead_log: bool = True) -> None:
         """``write_ahead_log=False`` only for a store that is a cache of a
@@ -152,13 +191,41 @@ class RocksPartitionStore(PartitionStore):
         self._db.set_write_options(write_options)
         raw = self._db.get(_OFFSET_KEY)
         self._offset: int | None = int(raw) if raw is not None else None
+        self._reading: Future[dict[bytes, bytes | None]] | None = None
+        self._read: dict[bytes, bytes | None] = {}
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        self._forget_reads()
+        if keys:
+            self._reading = _reader().submit(_read_many, self._db, keys)
+
+    def _settle(self) -> None:
+        """Wait for the read in flight, if any, and keep what it read."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            try:
+                self._read = reading.result()
+            except Exception:  # noqa: BLE001  # rocksdict raises plain Exception; get() then reads each key itself
+                self._read = {}
+
+    def _forget_reads(self) -> None:
+        """Before a write or a close: no read may be in flight, and what was read is stale."""
+        self._settle()
+        self._read = {}
 
     def get(self, key: bytes) -> bytes | None:
+        if self._reading is not None:
+            self._settle()
+        if self._read:
+            value = self._read.get(key, _UNREAD)
+            if value is not _UNREAD:
+                return value  # type: ignore[no-any-return]
         return self._db.get(key)
 
     def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         from rocksdict import WriteBatch
 
+        self._forget_reads()
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
             if value is None:
@@ -174,6 +241,7 @@ class RocksPartitionStore(PartitionStore):
     def delete(self, keys: Iterable[bytes]) -> None:
         from rocksdict import WriteBatch
 
+        self._forget_reads()
         batch = WriteBatch(raw_mode=True)
         for key in keys:
             batch.delete(key)
@@ -191,12 +259,14 @@ class RocksPartitionStore(PartitionStore):
     def wipe(self) -> None:
         from rocksdict import Options, Rdict
 
+        self._forget_reads()
         self._db.close()
         Rdict.destroy(str(self.path), Options(raw_mode=True))
         shutil.rmtree(self.path, ignore_errors=True)
         self.__init__(self.path)  # type: ignore[misc]
 
     def close(self) -> None:
+        self._forget_reads()
         if self._no_wal:
             # Without a WAL only flushed memtables survive the process: a clean
             # close flushes, so the next owner restores from here, not from 0.
@@ -258,6 +328,24 @@ class InvoiceStates:
         self.pending[key] = state
         self._pending_values[key.encode()] = value
         return value
+
+    def prefetch(self, keys: Iterable[bytes | None]) -> None:
+        """Have the store start reading the states of ``keys`` (a batch's record
+        keys, about to be decided) that neither the open transaction nor the
+        cache holds; ``get`` then finds them read. Keys that are not an
+        invoice key (null, not UTF-8) are left to the decoder to refuse."""
+        pending, cache = self.pending, self._cache
+        cold: list[bytes] = []
+        for key in dict.fromkeys(keys):
+            if key is None:
+                continue
+            try:
+                text = key.decode()
+            except UnicodeDecodeError:
+                continue
+            if text not in pending and text not in cache:
+                cold.append(key)
+        self.store.prefetch(cold)
 
     def commit(self, changelog_offset: int) -> None:
         pending = self.pending

@@ -183,6 +183,9 @@ class PartitionWorker:
 
         Commit order, step by step; reordering these lines breaks the guarantee:
 
+        0. ``prefetch``: the store starts reading the batch's uncached states
+           in the background. Only a read: the store forgets it at its next
+           write, so it changes no answer, and it may go anywhere before 2.
         1. ``begin_transaction``.
         2. ``decide_records``: decode each record (bad -> a DLQ record), decide
            the others in offset order against pending/cached/stored state,
@@ -240,6 +243,9 @@ class PartitionWorker:
 
         if kafka.producer_is_fatal(self.producer):
             raise ProducerFailedError("producer is in a fatal state")
+        # Step 0: the store reads the batch's uncached states on its own thread
+        # (without the GIL) while this one begins the transaction and decodes.
+        states.prefetch([record.key for record in records])
         self._txn_began = time.monotonic()
         with kafka.transaction_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1

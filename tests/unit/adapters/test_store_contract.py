@@ -68,3 +68,53 @@ def test_a_clean_close_keeps_data_and_checkpoint(open_store: Factory) -> None:
     store.close()
     again = open_store()
     assert (again.get(b"k"), again.changelog_offset) == (b"v", 9)
+
+
+def test_a_prefetch_changes_no_answer_even_across_writes(open_store: Factory) -> None:
+    store = open_store()
+    store.apply([(b"k", b"v1"), (b"j", b"w1")], 1)
+    store.prefetch([b"k", b"j", b"absent"])
+    assert (store.get(b"k"), store.get(b"j"), store.get(b"absent")) == (b"v1", b"w1", None)
+    # Written after the read: the store must answer the write, not what it read.
+    store.apply([(b"k", b"v2"), (b"j", None), (b"absent", b"now")], 2)
+    assert (store.get(b"k"), store.get(b"j"), store.get(b"absent")) == (b"v2", None, b"now")
+    # A write while the read may still be in flight, before any get.
+    store.prefetch([b"k"])
+    store.apply([(b"k", b"v3")], 3)
+    assert store.get(b"k") == b"v3"
+    store.prefetch([b"absent"])
+    store.delete([b"absent"])
+    assert store.get(b"absent") is None
+
+
+def test_close_and_wipe_wait_for_a_prefetch_in_flight(open_store: Factory) -> None:
+    store = open_store()
+    keys = [f"card-{n:06d}/code".encode() for n in range(20_000)]
+    store.apply([(k, b"state") for k in keys], 7)
+    store.prefetch(keys)
+    store.close()
+    store = open_store()
+    assert store.get(keys[-1]) == b"state" and store.changelog_offset == 7
+    store.prefetch(keys)
+    store.wipe()
+    assert store.get(keys[0]) is None and store.changelog_offset is None
+
+
+def test_rocksdb_answers_a_prefetched_key_from_the_prefetch(tmp_path: Path) -> None:
+    store = RocksPartitionStore(tmp_path / "p0")
+    try:
+        store.apply([(b"k", b"v")], 1)
+        store.prefetch([b"k", b"absent"])
+        real_db = store._db
+
+        class NoReads:  # the database itself may not be asked again
+            def get(self, key: object) -> None:
+                raise AssertionError(f"read {key!r} although it was prefetched")
+
+        store._db = NoReads()  # type: ignore[assignment]
+        try:
+            assert (store.get(b"k"), store.get(b"absent")) == (b"v", None)
+        finally:
+            store._db = real_db
+    finally:
+        store.close()

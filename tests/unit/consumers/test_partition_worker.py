@@ -38,11 +38,16 @@ def fake_settings(**overrides: Any) -> Settings:
 
 
 class RecordingStore(MemoryPartitionStore):
-    """A memory store that notes its writes in the broker's call log."""
+    """A memory store that notes its writes and prefetches in the broker's call log."""
 
     def __init__(self, calls: list[tuple[str, str]]) -> None:
         super().__init__()
         self.calls = calls
+        self.prefetched: list[list[bytes]] = []
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        self.calls.append(("store", "prefetch"))
+        self.prefetched.append(keys)
 
     def apply(self, items: Iterable[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         self.calls.append(("store", "apply"))
@@ -143,9 +148,31 @@ async def test_the_store_is_written_only_after_the_commit(harness: Harness) -> N
     del calls[:]
     assert await worker.process(records) is not None
     steps = [name for who, name in calls if who in (worker.txn_id, "store")]
-    assert steps[0] == "begin_transaction"
-    assert set(steps[1:-3]) == {"send_batch"}
+    assert steps[:2] == ["prefetch", "begin_transaction"]
+    assert set(steps[2:-3]) == {"send_batch"}
     assert steps[-3:] == ["send_offsets_to_transaction", "commit_transaction", "apply"]
+    await harness.close()
+
+
+async def test_a_batch_prefetches_once_each_invoice_that_is_neither_cached_nor_a_bad_key(harness: Harness) -> None:
+    events = list(random_stream(80, 60, seed=5))
+    first = harness.publish((*encode(ev), []) for ev in events[:40])
+    worker = await harness.assign()
+    assert await worker.process(first) is not None
+    # A later batch: invoices the first one cached, new ones, and records the decoder refuses.
+    later = harness.publish([(*encode(ev), []) for ev in events[40:]] + [(None, b"{}", []), (b"\xff\xfe", b"{}", [])])[
+        len(first) :
+    ]
+    assert await worker.process(later) is not None
+    store = worker.store
+    assert isinstance(store, RecordingStore)
+    first_keys, later_keys = store.prefetched
+    assert first_keys == list(dict.fromkeys(r.key for r in first))
+    cached = set(first_keys)
+    assert later_keys == [
+        k for k in dict.fromkeys(r.key for r in later) if k not in cached and k is not None and k != b"\xff\xfe"
+    ]
+    assert later_keys  # the stream has invoices the first batch did not touch
     await harness.close()
 
 
