@@ -263,7 +263,7 @@ class RocksPartitionStore(PartitionStore):
         self._db.close()
         Rdict.destroy(str(self.path), Options(raw_mode=True))
         shutil.rmtree(self.path, ignore_errors=True)
-        self.__init__(self.path)  # type: ignore[misc]
+        self.__init__(self.path, write_ahead_log=not self._no_wal)  # type: ignore[misc]
 
     def close(self) -> None:
         self._forget_reads()

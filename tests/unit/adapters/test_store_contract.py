@@ -62,6 +62,17 @@ def test_wipe_forgets_data_and_checkpoint(open_store: Factory) -> None:
     assert store.get(b"k") is None and store.changelog_offset is None and store.approximate_count() == 0
 
 
+def test_a_wiped_rocksdb_store_keeps_its_write_ahead_log_setting(tmp_path: Path) -> None:
+    for write_ahead_log in (False, True):
+        store = RocksPartitionStore(tmp_path / f"wal-{write_ahead_log}", write_ahead_log=write_ahead_log)
+        try:
+            store.wipe()
+            # The processor's store (a changelog cache) must not start paying for a WAL after a wipe.
+            assert store._no_wal is not write_ahead_log
+        finally:
+            store.close()
+
+
 def test_a_clean_close_keeps_data_and_checkpoint(open_store: Factory) -> None:
     store = open_store()
     store.apply([(b"k", b"v")], 9)
