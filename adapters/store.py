@@ -333,19 +333,19 @@ class InvoiceStates:
         """Have the store start reading the states of ``keys`` (a batch's record
         keys, about to be decided) that neither the open transaction nor the
         cache holds; ``get`` then finds them read. Keys that are not an
-        invoice key (null, not UTF-8) are left to the decoder to refuse."""
+        invoice key (null, not bytes, not UTF-8) are left to the decoder to refuse."""
         pending, cache = self.pending, self._cache
-        cold: list[bytes] = []
-        for key in dict.fromkeys(keys):
-            if key is None:
+        cold: dict[bytes, None] = {}  # insertion-ordered set: each key once
+        for key in keys:
+            if type(key) is not bytes or key in cold:
                 continue
             try:
                 text = key.decode()
             except UnicodeDecodeError:
                 continue
             if text not in pending and text not in cache:
-                cold.append(key)
-        self.store.prefetch(cold)
+                cold[key] = None
+        self.store.prefetch(list(cold))
 
     def commit(self, changelog_offset: int) -> None:
         pending = self.pending

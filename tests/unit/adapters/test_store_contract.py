@@ -129,3 +129,23 @@ def test_rocksdb_answers_a_prefetched_key_from_the_prefetch(tmp_path: Path) -> N
             store._db = real_db
     finally:
         store.close()
+
+
+def test_invoice_states_prefetch_only_keys_they_cannot_answer() -> None:
+    from adapters import wire
+    from adapters.store import InvoiceStates
+    from domain.model import InvoiceState
+
+    asked: list[list[bytes]] = []
+
+    class Recording(MemoryPartitionStore):
+        def prefetch(self, keys: list[bytes]) -> None:
+            asked.append(keys)
+
+    states = InvoiceStates(Recording(), 10, wire.decode_state, wire.encode_state)
+    states.put("cached/1", InvoiceState("cached", "1"))
+    states.commit(1)
+    states.put("pending/1", InvoiceState("pending", "1"))
+    hostile: list[object] = [None, bytearray(b"new/1"), memoryview(b"new/1"), b"\xff\xfe", "new/1"]
+    states.prefetch([b"new/1", b"cached/1", b"pending/1", *hostile, b"new/2", b"new/1"])  # type: ignore[list-item]
+    assert asked == [[b"new/1", b"new/2"]]
