@@ -28,8 +28,8 @@ from devtools.__main__ import COMMANDS as DEV_COMMANDS
 from devtools.__main__ import main as dev_main
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "prometheus", "grafana"}
-PROJECT_SERVICES = ("kafka-init", "wechat-sim", "processor", "deliverer")
+SERVICES = {"kafka", "kafka-init", "wechat-sim", "processor", "deliverer", "reconcile", "node-exporter", "prometheus", "grafana"}
+PROJECT_SERVICES = ("kafka-init", "wechat-sim", "processor", "deliverer", "reconcile")
 #: Run from the service image; the simulator runs from the devtools image.
 SERVICE_IMAGE_SERVICES = ("processor", "deliverer")
 DEVTOOLS_SERVICES = ("wechat-sim",)
@@ -262,7 +262,44 @@ def test_prometheus_scrapes_the_metrics_endpoints(services: dict[str, dict[str, 
     assert "./deploy/prometheus.yml" in mounted
     config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
     targets = {target for job in config["scrape_configs"] for static in job["static_configs"] for target in static["targets"]}
-    assert targets == {f"{name}:{_metrics_port(services[name])}" for name in METRICS_SERVICES}
+    assert targets == {f"{name}:{_metrics_port(services[name])}" for name in METRICS_SERVICES} | {"node-exporter:9100"}
+
+
+def test_reconcile_runs_on_a_schedule_and_node_exporter_publishes_what_it_found(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    reconcile, exporter = services["reconcile"], services["node-exporter"]
+    assert (reconcile["image"], _build(reconcile)) == ("invoice-sm:local", (".", "service"))
+    assert reconcile["entrypoint"] == ["/bin/sh", "-c"]
+    script = _interpolate(" ".join(reconcile["command"]))
+    loop = re.fullmatch(r"while :; do (?P<run>invoice-sm reconcile [^;]*); sleep (?P<interval>\S+); done", script)
+    assert loop, script
+    assert int(loop["interval"]) > 0
+    argv = shlex.split(loop["run"])[1:]
+    args = build_parser().parse_args(argv)
+    assert args.command == "reconcile" and args.no_progress
+    simulator = _command(services["wechat-sim"])
+    assert args.wechat_sim_url == f"http://wechat-sim:{simulator[simulator.index('--port') + 1]}"
+    # The file reconcile writes is in the volume node-exporter's textfile collector reads.
+    metrics_file = Path(args.metrics_file)
+    assert metrics_file.suffix == ".prom"
+    written = dict(str(spec).split(":")[:2][::-1] for spec in reconcile["volumes"])
+    volume = written[str(metrics_file.parent)]
+    assert volume in compose["volumes"]
+    assert re.fullmatch(r"prom/node-exporter:v\d+\.\d+\.\d+", exporter["image"])
+    read = {spec.split(":")[0]: spec.split(":")[1] for spec in exporter["volumes"]}
+    assert exporter["volumes"] == [f"{volume}:{read[volume]}:ro"]
+    assert f"--collector.textfile.directory={read[volume]}" in exporter["command"]
+    assert "--collector.textfile" in exporter["command"]
+    # The service user's home: a new named volume there starts out owned by that user.
+    assert str(metrics_file.parent) == "/var/lib/invoice-sm"
+    assert "--home-dir /var/lib/invoice-sm invoice-sm" in (REPO / "Dockerfile").read_text()
+    # What the run writes is what the alert reads.
+    alerts = (REPO / "deploy" / "alerts.yml").read_text()
+    assert "invoice_sm_divergences_total" in alerts
+    from adapters.metrics import Metrics
+
+    assert "invoice_sm_divergences" in {m.name for m in Metrics().registry.collect()}
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
