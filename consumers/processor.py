@@ -245,7 +245,7 @@ class PartitionWorker:
             raise ProducerFailedError("producer is in a fatal state")
         # Step 0: the store reads the batch's uncached states on its own thread
         # (without the GIL) while this one begins the transaction and decodes.
-        states.prefetch([record.key for record in records])
+        states.prefetch(record.key for record in records)
         self._txn_began = time.monotonic()
         with kafka.transaction_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1

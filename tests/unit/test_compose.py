@@ -283,11 +283,10 @@ def test_reconcile_runs_on_a_schedule_and_node_exporter_publishes_what_it_found(
     # The file reconcile writes is in the volume node-exporter's textfile collector reads.
     metrics_file = Path(args.metrics_file)
     assert metrics_file.suffix == ".prom"
-    written = dict(str(spec).split(":")[:2][::-1] for spec in reconcile["volumes"])
-    volume = written[str(metrics_file.parent)]
+    volume = _mounts(reconcile)[str(metrics_file.parent)]
     assert volume in compose["volumes"]
     assert re.fullmatch(r"prom/node-exporter:v\d+\.\d+\.\d+", exporter["image"])
-    read = {spec.split(":")[0]: spec.split(":")[1] for spec in exporter["volumes"]}
+    read = {host: path for path, host in _mounts(exporter).items()}
     assert exporter["volumes"] == [f"{volume}:{read[volume]}:ro"]
     assert f"--collector.textfile.directory={read[volume]}" in exporter["command"]
     assert "--collector.textfile" in exporter["command"]

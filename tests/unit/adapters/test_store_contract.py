@@ -62,17 +62,6 @@ def test_wipe_forgets_data_and_checkpoint(open_store: Factory) -> None:
     assert store.get(b"k") is None and store.changelog_offset is None and store.approximate_count() == 0
 
 
-def test_a_wiped_rocksdb_store_keeps_its_write_ahead_log_setting(tmp_path: Path) -> None:
-    for write_ahead_log in (False, True):
-        store = RocksPartitionStore(tmp_path / f"wal-{write_ahead_log}", write_ahead_log=write_ahead_log)
-        try:
-            store.wipe()
-            # The processor's store (a changelog cache) must not start paying for a WAL after a wipe.
-            assert store._no_wal is not write_ahead_log
-        finally:
-            store.close()
-
-
 def test_a_clean_close_keeps_data_and_checkpoint(open_store: Factory) -> None:
     store = open_store()
     store.apply([(b"k", b"v")], 9)
@@ -109,43 +98,3 @@ def test_close_and_wipe_wait_for_a_prefetch_in_flight(open_store: Factory) -> No
     store.prefetch(keys)
     store.wipe()
     assert store.get(keys[0]) is None and store.changelog_offset is None
-
-
-def test_rocksdb_answers_a_prefetched_key_from_the_prefetch(tmp_path: Path) -> None:
-    store = RocksPartitionStore(tmp_path / "p0")
-    try:
-        store.apply([(b"k", b"v")], 1)
-        store.prefetch([b"k", b"absent"])
-        real_db = store._db
-
-        class NoReads:  # the database itself may not be asked again
-            def get(self, key: object) -> None:
-                raise AssertionError(f"read {key!r} although it was prefetched")
-
-        store._db = NoReads()  # type: ignore[assignment]
-        try:
-            assert (store.get(b"k"), store.get(b"absent")) == (b"v", None)
-        finally:
-            store._db = real_db
-    finally:
-        store.close()
-
-
-def test_invoice_states_prefetch_only_keys_they_cannot_answer() -> None:
-    from adapters import wire
-    from adapters.store import InvoiceStates
-    from domain.model import InvoiceState
-
-    asked: list[list[bytes]] = []
-
-    class Recording(MemoryPartitionStore):
-        def prefetch(self, keys: list[bytes]) -> None:
-            asked.append(keys)
-
-    states = InvoiceStates(Recording(), 10, wire.decode_state, wire.encode_state)
-    states.put("cached/1", InvoiceState("cached", "1"))
-    states.commit(1)
-    states.put("pending/1", InvoiceState("pending", "1"))
-    hostile: list[object] = [None, bytearray(b"new/1"), memoryview(b"new/1"), b"\xff\xfe", "new/1"]
-    states.prefetch([b"new/1", b"cached/1", b"pending/1", *hostile, b"new/2", b"new/1"])  # type: ignore[list-item]
-    assert asked == [[b"new/1", b"new/2"]]
