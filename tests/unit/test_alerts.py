@@ -36,6 +36,20 @@ def test_the_alert_rules_are_valid(promtool: str) -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
+def test_prometheus_accepts_compose_s_configuration(promtool: str, tmp_path) -> None:
+    """deploy/prometheus.yml as Prometheus itself reads it (its rule file at
+    the path compose mounts it, here a copy beside it): every scrape job, the
+    reconcile one through node-exporter included."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    (tmp_path / "alerts.yml").write_text(ALERTS.read_text())
+    config["rule_files"] = [str(tmp_path / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = _run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"invoice-sm-processor", "invoice-sm-deliverer", "invoice-sm-reconcile"} <= jobs
+
+
 def test_the_alert_unit_tests_pass(promtool: str) -> None:
     result = _run(promtool, "test", "rules", ALERT_TESTS.name)
     assert result.returncode == 0, result.stdout + result.stderr
