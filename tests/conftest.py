@@ -12,6 +12,7 @@ import pytest
 
 from adapters.settings import Settings, load_settings
 from adapters.topics import topic_names
+from tests.support.scheduling import longest_modules_first
 
 if TYPE_CHECKING:
     from devtools.kafka_local import LocalKafkaCluster
@@ -93,3 +94,7 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(saved_level)
     for name, level in saved_noisy.items():
         logging.getLogger(name).setLevel(level)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items[:] = longest_modules_first(items)

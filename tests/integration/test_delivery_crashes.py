@@ -29,7 +29,7 @@ from tests.integration.test_deliverer import services
 from tests.support.kafka_io import produce_events, values, wait_for_count
 from tests.support.processes import Service
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.soak]
 
 
 def four_step_lifecycles(n_invoices: int, seed: int = 1, appids: tuple[str, ...] = (APPID,)) -> list[dict]:

@@ -29,7 +29,7 @@ from tests.integration.test_delivery_crashes import four_step_lifecycles
 from tests.support.kafka_io import produce_events, values, wait_for_count
 from tests.support.processes import Service
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.soak]
 
 #: Restarts of each kind (the issue asks for 20; INVOICE_SM_TEST_RESTARTS lowers it while iterating).
 RESTARTS = int(os.environ.get("INVOICE_SM_TEST_RESTARTS", "20"))
