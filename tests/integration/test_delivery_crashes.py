@@ -138,9 +138,11 @@ async def test_kill_9_the_deliverer_20_times_during_20k_deliveries(
 
 
 #: How long after the simulator answered a call the killed deliverer may still
-#: not have read the answer (its loop shares two cores with the broker and the
-#: processor; about 20 ms was seen): such a call is in flight for it too.
-UNREAD_ANSWER_S = 0.1
+#: not have read the answer (its loop shares two cores with the broker, the
+#: processor and, under ./dev test, the other worker's tests; about 20 ms was
+#: seen alone): such a call is in flight for it too. Repeats per kill stay
+#: bounded by the concurrency whatever this window holds.
+UNREAD_ANSWER_S = 0.25
 
 
 def _repeats_within_calls_in_flight_at_kills(
