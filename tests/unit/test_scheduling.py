@@ -49,12 +49,14 @@ def test_a_module_with_one_soak_test_moves_whole_before_slow_and_plain_modules()
 
 def test_this_suite_starts_with_its_soak_modules(request: pytest.FixtureRequest) -> None:
     """The real collection: the soak modules lead (so two workers start them at once)."""
-    session_items = request.session.items
-    if len({i.path for i in session_items}) < 3:
-        pytest.skip("only part of the suite was collected")
+    items = request.session.items
+    soaks = {"test_delivery_crashes.py", "test_delivery_restarts.py"}
+    collected = {item.path.name for item in items}
+    if not soaks <= collected:
+        pytest.skip("the soak modules were not collected in this run")
     leading = []
-    for item in session_items:
+    for item in items:
         if item.get_closest_marker("soak") is None:
             break
         leading.append(item.path.name)
-    assert set(leading) >= {"test_delivery_crashes.py", "test_delivery_restarts.py"}, leading[:5]
+    assert set(leading) == soaks, [item.path.name for item in items[:5]]
