@@ -1,9 +1,11 @@
 """The suite's order: longest modules first, so that two workers finish together.
 
-``./dev test`` runs two pytest-xdist workers a module at a time (``--dist
-loadfile``, so a module's own cluster starts once) in collection order
-(``--no-loadscope-reorder``; xdist would otherwise put the modules with the
-most tests first). A minutes-long soak scheduled last would run alone at the
+``./dev test`` runs two pytest-xdist workers (``-n 2``); pyproject's addopts
+make each take a whole module at a time (``--dist loadfile``, so a module's
+own cluster starts once) in collection order (``--no-loadscope-reorder``;
+xdist would otherwise put the modules with the most tests first). Most tests
+wait on brokers, child processes and a slow simulated WeChat, so two workers
+share 2 cores well. A minutes-long soak scheduled last would run alone at the
 end; scheduled first, everything else runs beside it.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,7 +37,7 @@ def test_the_alert_rules_are_valid(promtool: str) -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
-def test_prometheus_accepts_compose_s_configuration(promtool: str, tmp_path) -> None:
+def test_prometheus_accepts_compose_s_configuration(promtool: str, tmp_path: Path) -> None:
     """deploy/prometheus.yml as Prometheus itself reads it (its rule file at
     the path compose mounts it, here a copy beside it): every scrape job, the
     reconcile one through node-exporter included."""
