@@ -13,6 +13,10 @@
 #
 # tests/unit/test_compose.py checks the stages and their COPY lists.
 
+# The Rust toolchain that builds the native step (native/); only its files
+# are copied into the build stage, never into an image.
+FROM rust:1.95-slim AS rust-toolchain
+
 # Build stage: install the locked dependencies, then the project, into a
 # venv, so the final images carry neither the sources nor pip's leftovers.
 FROM python:3.11-slim AS build
@@ -36,6 +40,14 @@ COPY adapters/ adapters/
 COPY consumers/ consumers/
 COPY schemas/ schemas/
 RUN pip install --no-deps --no-build-isolation .
+# The native per-record step (adapters.native), built with the locked maturin
+# and native/Cargo.lock's crates; cargo needs a C linker.
+COPY --from=rust-toolchain /usr/local/cargo /usr/local/cargo
+COPY --from=rust-toolchain /usr/local/rustup /usr/local/rustup
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY native/ native/
+RUN RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH \
+    pip install --no-deps --no-build-isolation ./native
 
 # What both images share: the venv and an unprivileged user.
 FROM python:3.11-slim AS runtime

@@ -92,9 +92,14 @@ class Settings(BaseSettings):
         description="re-check produced records against their schema: every one, a sample (the processor's first "
         "record of each batch, one delivery record in 256), or none",
     )
+    native_step: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="decide the common valid event in the native step (native/, built by ./dev): auto uses it when "
+        "installed, on refuses to start without it, off decides every event on the Python path",
+    )
     state_dir: Path = Path("state")
     state_cache_size: int = Field(
-        default=200_000, ge=0, description="decoded invoice states kept in memory per process (shared by its partitions)"
+        default=200_000, ge=0, description="invoice states kept in memory per process (shared by its partitions)"
     )
 
     # Deliverer

@@ -278,16 +278,17 @@ class RocksPartitionStore(PartitionStore):
 
 
 class InvoiceStates:
-    """Decoded states of one partition: pending writes, an LRU cache, the store.
+    """One partition's states as changelog values: pending writes, an LRU cache, the store.
 
     ``pending`` holds what the open transaction decided; it is visible to
     later events of the same batch, and moves to cache and store only after
     the transaction commits (``commit``), or is dropped on abort (``discard``).
 
-    Hot path (one ``get`` and usually one ``put`` per event): staged states
-    and their encoded values sit in two dicts rather than one of pairs (no
-    tuple per event for the garbage collector to track), and ``commit``
-    fills the cache in one loop and trims it once.
+    Everything is keyed by the invoice key's bytes (the Kafka key, and the
+    store's key) and held encoded, as the changelog and the store hold it:
+    the native step (``adapters.native``) reads and returns exactly that, so
+    its hot path decodes no key and builds no state object. The Python path
+    (``get``/``put``) decodes and encodes at this boundary.
     """
 
     def __init__(
@@ -298,52 +299,50 @@ class InvoiceStates:
         encode: Callable[[InvoiceState], bytes],
     ) -> None:
         self.store = store
-        self._cache: OrderedDict[str, InvoiceState] = OrderedDict()
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_size = cache_size
         self._decode = decode
         self._encode = encode
-        #: Invoice key -> the state the open transaction left it in.
-        self.pending: dict[str, InvoiceState] = {}
-        #: Store key (the invoice key's bytes) -> that state's changelog value: what ``commit`` writes, as is.
-        self._pending_values: dict[bytes, bytes] = {}
+        #: Invoice key -> the changelog value of the state the open transaction left it in.
+        self.pending: dict[bytes, bytes] = {}
+
+    def value(self, key: bytes) -> bytes | None:
+        """The changelog value of the invoice's state so far, or ``None`` (never seen)."""
+        value = self.pending.get(key)
+        if value is not None:
+            return value
+        value = self._cache.get(key)
+        if value is not None:
+            self._cache.move_to_end(key)
+            return value
+        value = self.store.get(key)
+        if value is not None:
+            self._remember(key, value)
+        return value
+
+    def stage(self, key: bytes, value: bytes) -> None:
+        """Stage a state's changelog value under its invoice key."""
+        self.pending[key] = value
 
     def get(self, key: str) -> InvoiceState | None:
-        state = self.pending.get(key)
-        if state is not None:
-            return state
-        state = self._cache.get(key)
-        if state is not None:
-            self._cache.move_to_end(key)
-            return state
-        raw = self.store.get(key.encode())
-        if raw is None:
-            return None
-        state = self._decode(raw)
-        self._remember(key, state)
-        return state
+        value = self.value(key.encode())
+        return None if value is None else self._decode(value)
 
     def put(self, key: str, state: InvoiceState) -> bytes:
         """Stage ``state`` under its invoice key; returns its encoded changelog value."""
         value: bytes = self._encode(state)
-        self.pending[key] = state
-        self._pending_values[key.encode()] = value
+        self.pending[key.encode()] = value
         return value
 
     def prefetch(self, keys: Iterable[bytes | None]) -> None:
         """Have the store start reading the states of ``keys`` (a batch's record
         keys, about to be decided) that neither the open transaction nor the
-        cache holds; ``get`` then finds them read. Keys that are not an
-        invoice key (null, not bytes, not UTF-8) are left to the decoder to refuse."""
+        cache holds; ``value`` then finds them read. A null key is left to
+        the decoder to refuse."""
         pending, cache = self.pending, self._cache
         cold: dict[bytes, None] = {}  # insertion-ordered set: each key once
         for key in keys:
-            if type(key) is not bytes or key in cold:
-                continue
-            try:
-                text = key.decode()
-            except UnicodeDecodeError:
-                continue
-            if text not in pending and text not in cache:
+            if type(key) is bytes and key not in pending and key not in cache:
                 cold[key] = None
         self.store.prefetch(list(cold))
 
@@ -351,22 +350,20 @@ class InvoiceStates:
         pending = self.pending
         if not pending:
             return
-        self.store.apply(self._pending_values.items(), changelog_offset)
+        self.store.apply(pending.items(), changelog_offset)
         if self._cache_size > 0:
             cache = self._cache
             move = cache.move_to_end
-            for key, state in pending.items():
-                cache[key] = state
+            for key, value in pending.items():
+                cache[key] = value
                 move(key)
             pop = cache.popitem
             for _ in range(len(cache) - self._cache_size):
                 pop(last=False)
         pending.clear()
-        self._pending_values.clear()
 
     def discard(self) -> None:
         self.pending.clear()
-        self._pending_values.clear()
 
     def resize(self, cache_size: int) -> None:
         self._cache_size = cache_size
@@ -376,10 +373,10 @@ class InvoiceStates:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def _remember(self, key: str, state: InvoiceState) -> None:
+    def _remember(self, key: bytes, value: bytes) -> None:
         if self._cache_size <= 0:
             return
-        self._cache[key] = state
+        self._cache[key] = value
         self._cache.move_to_end(key)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -40,7 +40,8 @@ TOKEN_PATTERN = "^" + _ID_PART + _END
 RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})" + _END
 #: Event ids are opaque but printable (no C0 or C1 control): a control character in an id would end
 #: up in outcomes, logs and DLQ headers.
-EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,256}" + _END
+EVENT_ID_MAX_LENGTH = 256
+EVENT_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1," + str(EVENT_ID_MAX_LENGTH) + "}" + _END
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN)]
 EventId = Annotated[str, Meta(pattern=EVENT_ID_PATTERN)]
 Rfc3339 = Annotated[str, Meta(pattern=RFC3339_PATTERN)]
@@ -622,7 +623,7 @@ def _fast_event(value: bytes) -> _FastCloudEvent | None:
         return None
     event_id = event.id
     # isprintable() is stricter than the pattern (no C0/C1 control): a miss goes to ``re``.
-    if not (0 < len(event_id) <= 256 and event_id.isprintable()) and _EVENT_ID_RE.search(event_id) is None:
+    if not (0 < len(event_id) <= EVENT_ID_MAX_LENGTH and event_id.isprintable()) and _EVENT_ID_RE.search(event_id) is None:
         return None
     event_time = event.time
     if event_time is not None and event_time not in _matched_times:

@@ -13,8 +13,10 @@ or a timed-out transaction) is the one sequence of ``adapters.ownership``
 The commit order of a batch is written in ``PartitionWorker.process``; what
 happens when a batch cannot commit, in ``PartitionWorker._recover``.
 
-``decide_records`` (decode -> decide -> stage) is the one decision loop:
-``replay`` and the tests' exactly-once oracle run it too. The Kafka clients
+``decide_batch`` is the processor's and ``replay``'s loop: the native step
+(``adapters.native``) for the common valid event, and ``decide_records``
+(decode -> decide -> stage), the Python path and the tests' exactly-once
+oracle, for every other record. The Kafka clients
 come from ``KafkaClients``, so the partition worker runs over fakes in unit
 tests (``tests/support/fakes.py``).
 """
@@ -35,8 +37,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, ownership, topics, wire
+from adapters import kafka, kafka_records, native, ownership, topics, wire
 from adapters.metrics import NULL_METRICS, Metrics
+from adapters.native import NativeStep
 from adapters.partition_reader import open_reader
 from adapters.settings import Settings
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
@@ -92,8 +95,9 @@ def decide_records(
 ) -> DecidedRecords[Staged]:
     """Decode -> decide -> stage, for one partition's records in offset order.
 
-    The one decision loop: the processor's transactions, ``replay`` and the
-    tests' oracle all call it, so they cannot drift apart. A record that does
+    The Python path: ``decide_batch`` runs it for every record the native
+    step declines (and for all of them without it), and the tests' oracle
+    runs it whole, so the processor, ``replay`` and the oracle cannot drift apart. A record that does
     not decode (``wire.decode_record``) changes no state; the others are
     decided by ``domain.decide.decide_in_order`` against ``states``, which
     stages every state but a duplicate's.
@@ -111,6 +115,79 @@ def decide_records(
         decoded.append(record)
         events.append(event)
     return DecidedRecords(decoded, decide_in_order(events, states, now), invalid)
+
+
+#: One decided record, as the transaction writes it: the record, its decision
+#: kind, for a WeChat report that is not a duplicate whether its move was
+#: legal (else ``None``), the outcome value, and the new state's changelog
+#: value (``None`` for a duplicate: nothing to write).
+Verdict = tuple[ConsumerRecord, DecisionKind, bool | None, bytes, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """One partition's records decided and encoded, in offset order."""
+
+    decided: list[Verdict]
+    #: The records that did not decode, and why (the DLQ reason is ``error.reason``).
+    invalid: list[tuple[ConsumerRecord, InvalidEventError]]
+
+
+def decide_batch(
+    records: Iterable[ConsumerRecord],
+    states: InvoiceStates,
+    *,
+    native: NativeStep | None,
+    max_bytes: int,
+    now: str | None,
+) -> Verdicts:
+    """Decode -> decide -> stage -> encode, for one partition's records in offset order.
+
+    The processor's and ``replay``'s loop. Each record goes to the native
+    step first (``adapters.native``), which answers for the common valid
+    event; any record it does not answer for (anything unusual, invalid
+    ones included), and every record without it, takes the Python path:
+    ``decide_records``, the reference loop the tests' oracle runs, one
+    record at a time against the same staged states. Both paths give the
+    same bytes (tests/fuzz/test_native_step.py), so which one decided a
+    record changes nothing downstream.
+    """
+    decided: list[Verdict] = []
+    invalid: list[tuple[ConsumerRecord, InvalidEventError]] = []
+    append = decided.append
+    value_of, stage = states.value, states.stage
+    unreadable = kafka_records.UnreadableRecord
+    wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
+    outcome_bytes = wire.outcome_bytes
+    for record in records:
+        key = record.key
+        if native is not None and type(key) is bytes and type(record) is not unreadable:
+            verdict = native.decide(
+                key,
+                record.value,
+                record.headers,
+                value_of(key),
+                now,
+                record.topic,
+                record.partition,
+                record.offset,
+                max_bytes,
+            )
+            if verdict is not None:
+                kind, legal, outcome, state = verdict
+                if state is not None:
+                    stage(key, state)
+                append((record, kind, legal, outcome, state))
+                continue
+        one = decide_records((record,), states, max_bytes=max_bytes, now=now)
+        if one.invalid:
+            invalid.extend(one.invalid)
+            continue
+        decision, state = one.decisions[0]
+        event = decision.event
+        legal = decision.legal if event.origin is wechat and decision.kind is not duplicate else None
+        append((record, decision.kind, legal, outcome_bytes(decision, record, now, event.key), state))  # type: ignore[arg-type]  # now is set in service
+    return Verdicts(decided, invalid)
 
 
 @dataclass(frozen=True)
@@ -187,7 +264,7 @@ class PartitionWorker:
            in the background. Only a read: the store forgets it at its next
            write, so it changes no answer, and it may go anywhere before 2.
         1. ``begin_transaction``.
-        2. ``decide_records``: decode each record (bad -> a DLQ record), decide
+        2. ``decide_batch``: decode each record (bad -> a DLQ record), decide
            the others in offset order against pending/cached/stored state,
            staging each new state; append the DLQ copies, outcomes and state
            records to the transaction's batches.
@@ -238,7 +315,6 @@ class PartitionWorker:
         now = utc_now()
         by_kind = stats.by_kind
         topic_outcomes, topic_state, topic_dlq = settings.topic_outcomes, settings.topic_state, settings.topic_dlq
-        encode_outcome = wire.outcome_bytes
         outcome_headers = wire.CLOUDEVENT_HEADERS
 
         if kafka.producer_is_fatal(self.producer):
@@ -250,8 +326,10 @@ class PartitionWorker:
         with kafka.transaction_errors("begin transaction"):
             await self.producer.begin_transaction()  # step 1
         batch = kafka.TxnBatch(self.producer)
-        decided = decide_records(records, states, max_bytes=settings.max_event_bytes, now=now)  # step 2
-        for record, exc in decided.invalid:
+        verdicts = decide_batch(  # step 2
+            records, states, native=processor.native, max_bytes=settings.max_event_bytes, now=now
+        )
+        for record, exc in verdicts.invalid:
             stats.dlq += 1
             stats.dlq_reasons[exc.reason] = stats.dlq_reasons.get(exc.reason, 0) + 1
             key, value, headers, truncated = wire.dlq_copy(record, exc, exc.reason, now, max_record_bytes=dlq_limit)
@@ -262,16 +340,12 @@ class PartitionWorker:
         validate_next = settings.validate_produced != "off"
         validate_all = settings.validate_produced == "all"
         append = batch.append
-        wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
         wechat_reports = stats.wechat_reports
-        for record, (decision, state) in zip(decided.records, decided.decisions, strict=True):
-            kind = decision.kind
+        for record, kind, legal, outcome, state in verdicts.decided:
             by_kind[kind] += 1
-            event = decision.event
-            if event.origin is wechat and kind is not duplicate:
-                wechat_reports[decision.legal] = wechat_reports.get(decision.legal, 0) + 1
+            if legal is not None:
+                wechat_reports[legal] = wechat_reports.get(legal, 0) + 1
             key = record.key
-            outcome = encode_outcome(decision, record, now, event.key)
             if not append(topic_outcomes, outcomes_partition, key, outcome, outcome_headers):
                 await batch.ship_full()
             if state is not None and not append(topic_state, partition, key, state):
@@ -451,6 +525,7 @@ class Processor(ConsumerRebalanceListener):
         self.processed = 0
         self.batch_bytes = _MAX_BATCH_BYTES
         self.dlq_record_bytes = topics.DEFAULT_MAX_MESSAGE_BYTES
+        self.native = native.for_setting(settings.native_step)
 
     # -- wiring
 
@@ -640,7 +715,12 @@ class Processor(ConsumerRebalanceListener):
         self.consumer = consumer
         consumer.subscribe([settings.topic_events], listener=self)
         async with kafka.started(consumer):
-            log.info("processor_started", group=self.group_id, topic=settings.topic_events)
+            log.info(
+                "processor_started",
+                group=self.group_id,
+                topic=settings.topic_events,
+                decision_step="python" if self.native is None else "native",
+            )
             self.ready.set()
             try:
                 await kafka.pipeline_partitions(

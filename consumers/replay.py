@@ -1,7 +1,7 @@
 """``invoice-sm replay``: rebuild invoice state from ``invoice.events``.
 
 The rebuild runs the live processor's own decision loop,
-``consumers.processor.decide_records`` (decode with
+``consumers.processor.decide_batch`` (decode with
 ``INVOICE_SM_MAX_EVENT_BYTES``, decide against the state so far, stage every
 state but a duplicate's), so it reproduces the processor's decisions by
 construction. Around that loop it keeps the processor's other rules:
@@ -44,11 +44,12 @@ from typing import Any, Self
 import structlog
 from aiokafka.structs import ConsumerRecord
 
-from adapters import kafka, topics, wire
+from adapters import kafka, native, topics, wire
+from adapters.native import NativeStep
 from adapters.partition_reader import PartitionRange, PartitionReader, open_reader
 from adapters.settings import Settings, env_name
 from adapters.store import InvoiceStates, MemoryPartitionStore, PartitionStore, RocksPartitionStore
-from consumers.processor import decide_records, utc_now
+from consumers.processor import decide_batch, utc_now
 from consumers.render import Progress, progress_reporter
 from domain.errors import ConfigurationError
 from domain.model import DecisionKind, InvoiceState
@@ -294,15 +295,17 @@ def count_decisions(
     *,
     max_bytes: int,
     now: str,
+    native_step: NativeStep | None,
 ) -> None:
     """Decide one partition's records with the processor's own loop
-    (``consumers.processor.decide_records``), counting decisions by kind and
-    the records that did not decode by DLQ reason."""
-    decided = decide_records(records, states, max_bytes=max_bytes, now=now)
-    for _, exc in decided.invalid:
+    (``consumers.processor.decide_batch``, native step included when
+    installed), counting decisions by kind and the records that did not
+    decode by DLQ reason."""
+    verdicts = decide_batch(records, states, native=native_step, max_bytes=max_bytes, now=now)
+    for _, exc in verdicts.invalid:
         invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
-    for decision, _ in decided.decisions:
-        by_kind[decision.kind] += 1
+    for _, kind, _, _, _ in verdicts.decided:
+        by_kind[kind] += 1
 
 
 async def replay(
@@ -360,6 +363,7 @@ async def replay(
     ranges: dict[int, PartitionRange] = {}
     result = ReplayResult(topic=topic, ranges=ranges, store=store)
     max_bytes = settings.max_event_bytes
+    native_step = native.for_setting(settings.native_step)
     started = time.perf_counter()
     bar: Progress = progress_reporter(False, 0, "replay")
     try:
@@ -372,7 +376,15 @@ async def replay(
             async with contextlib.aclosing(reader.read(ranges)) as batches:
                 async for partition, records, next_offset in batches:
                     states = store.partition(partition)
-                    count_decisions(records, states, result.by_kind, result.invalid, max_bytes=max_bytes, now=utc_now())
+                    count_decisions(
+                        records,
+                        states,
+                        result.by_kind,
+                        result.invalid,
+                        max_bytes=max_bytes,
+                        now=utc_now(),
+                        native_step=native_step,
+                    )
                     states.commit(next_offset)
                     result.records += len(records)
                     bar.advance(next_offset - positions[partition], len(records))

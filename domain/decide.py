@@ -2,10 +2,12 @@
 
 ``decide`` judges one event; ``decide_in_order`` is the one loop that decides
 a partition's events in order against the state so far and stages each new
-state. The processor, replay and the tests' oracle all run that loop (through
-``consumers.processor.decide_records``, which decodes first), so "decided as
-the processor decides" holds by construction rather than by keeping copies in
-step. ``fold`` is the same loop over a plain dict.
+state. Replay, the tests' oracle and the processor's Python path run that
+loop (through ``consumers.processor.decide_records``, which decodes first).
+The processor's native step (``native/``) decides the common valid event
+with tables taken from here, in ``decide``'s order; a fuzz suite holds it to
+this code byte for byte (tests/fuzz/test_native_step.py). ``fold`` is the
+same loop over a plain dict.
 """
 
 from __future__ import annotations

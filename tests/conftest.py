@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from adapters import native
+from adapters.native import NativeStep
 from adapters.settings import Settings, load_settings
 from adapters.topics import topic_names
 from tests.support.scheduling import longest_modules_first
@@ -72,6 +74,16 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+@pytest.fixture(scope="session")
+def native_step() -> NativeStep:
+    """The native per-record step: ``./dev`` builds it, and the suite tests it
+    rather than skip (the service runs without it, but the suite checks both)."""
+    step = native.load()
+    if step is None:
+        pytest.fail("the native step (invoice_sm_native) is not installed: ./dev builds it from native/ (needs cargo)")
+    return step
 
 
 @pytest.fixture

@@ -461,7 +461,7 @@ def test_the_service_image_holds_exactly_the_installed_packages_and_no_devtools(
     names = _service_image_stages(stages)
     assert "build" in names and "devtools" not in names
     copied = _copied_sources(stages, names)
-    assert copied == packages | {"pyproject.toml", pyproject["project"]["readme"], "requirements.lock"}
+    assert copied == packages | {"pyproject.toml", pyproject["project"]["readme"], "requirements.lock", "native"}
     assert "devtools" not in copied and "devtools" not in packages
 
 
@@ -469,6 +469,13 @@ def test_the_build_installs_the_hashed_lock_then_the_project_without_its_depende
     runs = [" ".join(args) for args in _instructions(_dockerfile_stages(), ["build"], "RUN")]
     pip = [run for run in runs if run.startswith("pip install")]
     assert pip == ["pip install --require-hashes -r requirements.lock", "pip install --no-deps --no-build-isolation ."]
+    # The native step: built after the project by the locked maturin (no isolation), with the Rust toolchain on PATH.
+    native = [run for run in runs if "pip install" in run and run not in pip]
+    assert len(native) == 1 and native[0].endswith("pip install --no-deps --no-build-isolation ./native"), native
+    assert "PATH=/usr/local/cargo/bin:$PATH" in native[0]
+    copied_from = {args[0] for args in _instructions(_dockerfile_stages(), ["build"], "COPY") if args[0].startswith("--from=")}
+    assert copied_from == {"--from=rust-toolchain"}
+    assert _base(_dockerfile_stages()["rust-toolchain"]).startswith("rust:")
 
 
 def test_the_devtools_image_is_the_runtime_plus_devtools() -> None:
@@ -480,7 +487,7 @@ def test_the_devtools_image_is_the_runtime_plus_devtools() -> None:
 
 def test_the_build_context_leaves_out_local_state() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".venv", ".cache", ".git", "state", "bench/results"} <= ignored
+    assert {".venv", ".cache", ".git", "state", "bench/results", "native/target"} <= ignored
 
 
 # --------------------------------------------------------------------------

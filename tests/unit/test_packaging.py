@@ -202,7 +202,8 @@ def test_each_lock_builds_the_project_offline(lock_path: Path) -> None:
     at a version pyproject's build-system accepts; the project itself is not
     in the lock (``--require-hashes`` would look for it on the index)."""
     entries = _lock(lock_path)
-    for text in PYPROJECT["build-system"]["requires"]:
+    native = tomllib.loads((REPO / "native" / "pyproject.toml").read_text())
+    for text in [*PYPROJECT["build-system"]["requires"], *native["build-system"]["requires"]]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         assert name in entries, f"{lock_path.name} lacks the build requirement {text}"
@@ -216,5 +217,6 @@ def test_the_installs_use_the_locks_with_hashes() -> None:
     assert "DEV_LOCK=requirements-dev.lock" in dev and "LOCK=requirements.lock" in dev
     assert '--require-hashes -r "$DEV_LOCK"' in dev
     assert "--no-deps --no-build-isolation -e ." in dev
-    # A lock change must reinstall: the stamp is a hash over the lock.
-    assert re.search(r'^STAMP=.*"\$DEV_LOCK".*sha1sum', dev, re.MULTILINE)
+    # A lock change must reinstall: the stamp is a hash over the lock (and the native step's sources).
+    assert re.search(r'^STAMP=.*"\$DEV_LOCK".*NATIVE_SOURCES.*sha1sum', dev, re.MULTILINE)
+    assert "--no-deps --no-build-isolation ./native" in dev

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from adapters.native import NativeStep
 from adapters.wire import decode_event
 from consumers.replay import ReplayStore, count_decisions, parse_offsets, parse_time
 from domain.decide import fold
@@ -33,17 +34,30 @@ def test_times_without_a_zone_are_utc() -> None:
         parse_time("yesterday")
 
 
+@pytest.mark.parametrize("step", ["native", "python"])
 @pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "rocksdb"])
-def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reason(on_disk: bool, tmp_path: Path) -> None:
+def test_deciding_records_matches_folding_the_events_and_counts_bad_ones_by_reason(
+    on_disk: bool, step: str, tmp_path: Path, native_step: NativeStep
+) -> None:
     events = list(random_stream(3000, 100, seed=3))
-    records = [SimpleNamespace(key=k, value=v, headers=[]) for k, v in map(encode, events)]
     bad = malformed_cases()
-    records += [SimpleNamespace(key=k, value=v, headers=h) for _, k, v, h, _ in bad]
+    raw: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (k, v, []) for k, v in map(encode, events)
+    ] + [(k, v, h) for _, k, v, h, _ in bad]
+    records = [SimpleNamespace(topic="t", partition=0, offset=i, key=k, value=v, headers=h) for i, (k, v, h) in enumerate(raw)]
     store = ReplayStore(tmp_path if on_disk else None)
     states = store.partition(0)
     by_kind = {k.value: 0 for k in DecisionKind}
     invalid: dict[str, int] = {}
-    count_decisions(records, states, by_kind, invalid, max_bytes=65536, now="2026-11-23T10:00:00Z")
+    count_decisions(
+        records,
+        states,
+        by_kind,
+        invalid,
+        max_bytes=65536,
+        now="2026-11-23T10:00:00Z",
+        native_step=native_step if step == "native" else None,
+    )
     states.commit(len(records))
 
     expected = fold(decode_event(*encode(ev)) for ev in events)
