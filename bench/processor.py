@@ -1150,7 +1150,7 @@ async def rss_one(ctx: BenchContext, n_invoices: int, n_events: int) -> dict[str
 
 
 def _cached_states(touched: set[int], cache_size: int) -> int:
-    """Decoded states the processor's LRU caches hold at the end: the process's
+    """States the processor's LRU caches hold at the end: the process's
     ``state_cache_size`` is shared evenly by the partitions it holds."""
     from tests.factories import card
 

@@ -165,6 +165,26 @@ def test_structure_aware_hostile_events_are_declined_or_decided_alike(
     agree(native_step, consumer_record(key, value, headers))
 
 
+_plain_event = valid_event(7)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        # A plain event cut, spliced or with bytes flipped: close to what the native reader accepts.
+        st.tuples(st.integers(0, 400), st.integers(0, 400), st.binary(max_size=6)).map(
+            lambda cut: (raw := json.dumps(_plain_event, separators=(",", ":")).encode())[: cut[0]] + cut[2] + raw[cut[1] :]
+        ),
+    ),
+    st.sampled_from([key_of(_plain_event), b"x/y", None]),
+)
+def test_arbitrary_and_spliced_bytes_are_declined_or_decided_alike(
+    native_step: NativeStep, value: bytes, key: bytes | None
+) -> None:
+    agree(native_step, consumer_record(key, value, []))
+
+
 _header_names = st.sampled_from(
     ["content-type", "Content-Type", "CONTENT-TYPE", "ce_specversion", "CE_SpecVersion", "ce_id", "x", "\u212a", "\udcff"]
 )
