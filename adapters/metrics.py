@@ -16,6 +16,8 @@ Metric names (all prefixed ``invoice_sm_``; counters are exposed with the
     events_total{outcome}                 accepted|unchanged|duplicate|rejected|dlq
     dlq_total{reason}
     batches_total, batch_seconds          per processed batch, processing + commit
+    decision_steps_total{step}            native|python: which step judged each input record (python: what the
+                                          native step declined, every invalid record, or all when it is off)
     wechat_reports_total{legal}           WeChat status reports decided (not duplicates): true|false,
                                           false = the move was illegal from our state, a divergence
     deliveries_total{result}              delivered|already_applied|conflict|failed (domain.delivery.DeliveryResult)
@@ -81,6 +83,8 @@ ATTEMPT_KINDS: Final = ("first", "retry")
 ROLES: Final = ("processor", "deliverer")
 #: ``legal`` label of ``wechat_reports_total``: was the reported move legal from our state?
 REPORT_LEGALITY: Final = ("true", "false")
+#: Which step judged an input record (``consumers.processor.decide_batch``).
+DECISION_STEPS: Final = ("native", "python")
 STALL_REASONS: Final = ("fenced", "broker_unavailable", "producer_fatal", "txn_timeout", "unauthorized")
 
 # WeChat answers in tens of milliseconds on a good day and the client times
@@ -112,6 +116,14 @@ class Metrics:
         self.events_total = Counter("events", "Input events by decision outcome", ["outcome"], namespace=ns, registry=r)
         self.dlq_total = Counter("dlq", "Records sent to the DLQ, by reason", ["reason"], namespace=ns, registry=r)
         self.batches_total = Counter("batches", "Batches processed and committed", namespace=ns, registry=r)
+        self.decision_steps_total = Counter(
+            "decision_steps",
+            "Input records by the step that judged them: native (the common valid event), or python (what the native "
+            "step declined: every invalid record, unusual valid ones, all of them with INVOICE_SM_NATIVE_STEP=off)",
+            ["step"],
+            namespace=ns,
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "batch_seconds",
             "Time to process and commit one batch",
@@ -235,6 +247,8 @@ class Metrics:
             self.events_total.labels(outcome)
         for legal in REPORT_LEGALITY:
             self.wechat_reports_total.labels(legal)
+        for step in DECISION_STEPS:
+            self.decision_steps_total.labels(step)
         for result in DELIVERY_RESULTS:
             self.deliveries_total.labels(result)
         for errcode_class in ERRCODE_CLASSES:
@@ -299,6 +313,7 @@ METRIC_NAMES: Final = (
     "events_total",
     "dlq_total",
     "batches_total",
+    "decision_steps_total",
     "batch_seconds",
     "wechat_reports_total",
     "deliveries_total",

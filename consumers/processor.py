@@ -131,6 +131,8 @@ class Verdicts:
     decided: list[Verdict]
     #: The records that did not decode, and why (the DLQ reason is ``error.reason``).
     invalid: list[tuple[ConsumerRecord, InvalidEventError]]
+    #: How many records the Python path judged (the native step declined them, or is off).
+    python_path: int
 
 
 def decide_batch(
@@ -159,6 +161,7 @@ def decide_batch(
     unreadable = kafka_records.UnreadableRecord
     wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
     outcome_bytes = wire.outcome_bytes
+    python_path = 0
     for record in records:
         key = record.key
         if native is not None and type(key) is bytes and type(record) is not unreadable:
@@ -179,6 +182,7 @@ def decide_batch(
                     stage(key, state)
                 append((record, kind, legal, outcome, state))
                 continue
+        python_path += 1
         one = decide_records((record,), states, max_bytes=max_bytes, now=now)
         if one.invalid:
             invalid.extend(one.invalid)
@@ -187,7 +191,7 @@ def decide_batch(
         event = decision.event
         legal = decision.legal if event.origin is wechat and decision.kind is not duplicate else None
         append((record, decision.kind, legal, outcome_bytes(decision, record, now, event.key), state))  # type: ignore[arg-type]  # now is set in service
-    return Verdicts(decided, invalid)
+    return Verdicts(decided, invalid, python_path)
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ class BatchStats:
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     #: WeChat reports decided (duplicates aside), by ``legal``: ``False`` is a divergence.
     wechat_reports: dict[bool, int] = field(default_factory=dict)
+    #: Records the Python path judged (``Verdicts.python_path``); the native step judged the rest.
+    python_path: int = 0
 
 
 class PartitionWorker:
@@ -329,6 +335,7 @@ class PartitionWorker:
         verdicts = decide_batch(  # step 2
             records, states, native=processor.native, max_bytes=settings.max_event_bytes, now=now
         )
+        stats.python_path = verdicts.python_path
         for record, exc in verdicts.invalid:
             stats.dlq += 1
             stats.dlq_reasons[exc.reason] = stats.dlq_reasons.get(exc.reason, 0) + 1
@@ -564,6 +571,7 @@ class Processor(ConsumerRebalanceListener):
             last_offset=records[-1].offset,
             records=stats.records,
             dlq=stats.dlq,
+            python_path=stats.python_path,
             duration_ms=round(seconds * 1000, 2),
             **{kind.value: n for kind, n in stats.by_kind.items()},
         )
@@ -576,6 +584,8 @@ class Processor(ConsumerRebalanceListener):
                 m.events_total.labels(outcome=kind.value).inc(n)
         for legal, n in stats.wechat_reports.items():
             m.wechat_reports_total.labels(legal="true" if legal else "false").inc(n)
+        m.decision_steps_total.labels(step="native").inc(stats.records - stats.python_path)
+        m.decision_steps_total.labels(step="python").inc(stats.python_path)
         if stats.dlq:
             m.events_total.labels(outcome="dlq").inc(stats.dlq)
             for reason, n in stats.dlq_reasons.items():

@@ -120,9 +120,8 @@ impl<'a> Reader<'a> {
         if digits.is_empty() || digits.len() > 18 || (digits.len() > 1 && digits[0] == b'0') {
             return None;
         }
-        match self.b.get(self.i) {
-            Some(b'.' | b'e' | b'E') => return None,
-            _ => {}
+        if let Some(b'.' | b'e' | b'E') = self.b.get(self.i) {
+            return None; // a float: msgspec's int field refuses it
         }
         Some(digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
     }
@@ -230,7 +229,10 @@ fn parse_state<'a>(value: &'a [u8], statuses: &[String]) -> Option<State<'a>> {
     r.object(|r, name| match name {
         "card_id" => once(&mut card_id, r.string()),
         "code" => once(&mut code, r.string()),
-        "status" => once(&mut status, r.string().and_then(|s| statuses.iter().position(|x| x == s))),
+        "status" => once(
+            &mut status,
+            r.string().and_then(|s| statuses.iter().position(|x| x == s)),
+        ),
         "version" => once(&mut version, r.uint()),
         "appid" => once(&mut appid, r.string()),
         "schema_version" => once(&mut schema, r.uint()),
@@ -331,12 +333,16 @@ fn plain_structured(headers: &Bound<'_, PyAny>) -> PyResult<bool> {
     let mut content_type: Option<Vec<u8>> = None;
     for item in headers.try_iter()? {
         let item = item?;
-        let Ok(pair) = item.downcast::<PyTuple>() else { return Ok(false) };
+        let Ok(pair) = item.downcast::<PyTuple>() else {
+            return Ok(false);
+        };
         if pair.len() != 2 {
             return Ok(false);
         }
         let name = pair.get_item(0)?;
-        let Ok(name) = name.downcast::<PyString>() else { return Ok(false) };
+        let Ok(name) = name.downcast::<PyString>() else {
+            return Ok(false);
+        };
         // Not UTF-8 (aiokafka's surrogateescape): the Python path refuses it.
         let Ok(name) = name.to_str() else { return Ok(false) };
         // A non-ASCII name may lower-case into an ASCII one (Kelvin sign): leave it to Python.
@@ -352,7 +358,9 @@ fn plain_structured(headers: &Bound<'_, PyAny>) -> PyResult<bool> {
             content_type = if value.is_none() {
                 None
             } else {
-                let Ok(bytes) = value.downcast::<PyBytes>() else { return Ok(false) };
+                let Ok(bytes) = value.downcast::<PyBytes>() else {
+                    return Ok(false);
+                };
                 Some(bytes.as_bytes().to_ascii_lowercase())
             };
         }
@@ -413,6 +421,72 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
     let _ = write!(out, "{n}"); // a Vec takes every write
 }
 
+/// A compact JSON object written field by field, in the order of the calls
+/// (msgspec writes a struct's fields in their declared order).
+struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, first: true }
+    }
+
+    fn name(&mut self, name: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        push_str(self.out, name);
+        self.out.push(b':');
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        self.name(name);
+        push_str(self.out, value);
+    }
+
+    fn opt_str(&mut self, name: &str, value: Option<&str>) {
+        self.name(name);
+        push_opt_str(self.out, value);
+    }
+
+    fn int(&mut self, name: &str, value: i64) {
+        self.name(name);
+        push_int(self.out, value);
+    }
+
+    /// A value already in JSON (`true`, `null`, a literal).
+    fn raw(&mut self, name: &str, json: &[u8]) {
+        self.name(name);
+        self.out.extend_from_slice(json);
+    }
+
+    fn strs<'s>(&mut self, name: &str, values: impl Iterator<Item = &'s str>) {
+        self.name(name);
+        self.out.push(b'[');
+        for (n, value) in values.enumerate() {
+            if n > 0 {
+                self.out.push(b',');
+            }
+            push_str(self.out, value);
+        }
+        self.out.push(b']');
+    }
+
+    /// A nested object as the value of `name`; close it before writing on here.
+    fn object(&mut self, name: &str) -> ObjectWriter<'_> {
+        self.name(name);
+        ObjectWriter::open(self.out)
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
 // ------------------------------------------------------------------- the step
 
 #[pymethods]
@@ -435,7 +509,10 @@ impl Step {
             return Err(PyValueError::new_err("expected 4 statuses, 4 kinds, 3 reasons"));
         }
         let index = |s: &str| {
-            statuses.iter().position(|x| x == s).ok_or_else(|| PyValueError::new_err(format!("unknown status {s}")))
+            statuses
+                .iter()
+                .position(|x| x == s)
+                .ok_or_else(|| PyValueError::new_err(format!("unknown status {s}")))
         };
         let mut term = [false; STATUSES];
         for s in &terminal {
@@ -503,7 +580,10 @@ impl Step {
             Some(s) => PyBytes::new(py, s).into_any().unbind(),
         };
         let outcome = PyBytes::new(py, &out.outcome).into_any().unbind();
-        Ok(Some(PyTuple::new(py, [self.kinds[out.kind].clone_ref(py), legal, outcome, state])?))
+        Ok(Some(PyTuple::new(
+            py,
+            [self.kinds[out.kind].clone_ref(py), legal, outcome, state],
+        )?))
     }
 }
 
@@ -532,12 +612,15 @@ impl Step {
             return None;
         }
         let (event_id, source, type_) = (e.id?, e.source?, e.type_?);
-        if !(1..=self.max_event_id).contains(&event_id.len()) || !(1..=1024).contains(&source.len()) || type_.len() > 256 {
+        if !(1..=self.max_event_id).contains(&event_id.len())
+            || !(1..=1024).contains(&source.len())
+            || type_.len() > 256
+        {
             return None;
         }
         e.data?;
         let (card_id, code) = (e.card_id?, e.code?);
-        if !token(card_id) || !token(code) || !e.appid.map_or(true, token) || !e.time.map_or(true, rfc3339) {
+        if !token(card_id) || !token(code) || !e.appid.is_none_or(token) || !e.time.is_none_or(rfc3339) {
             return None;
         }
         let event_type = self.event_types.iter().find(|t| t.name == type_)?;
@@ -594,7 +677,11 @@ impl Step {
             (kind, reason, trigger) = (UNCHANGED, None, None);
             (new_status, new_version) = (current, st.version);
         } else if wechat {
-            let t = if self.terminal[current] { None } else { self.moves[current][requested].as_deref() };
+            let t = if self.terminal[current] {
+                None
+            } else {
+                self.moves[current][requested].as_deref()
+            };
             legal_report = t.is_some();
             (kind, reason, trigger) = (ACCEPTED, None, t);
             (new_status, new_version) = (requested, st.version + 1);
@@ -615,91 +702,75 @@ impl Step {
         }
         let new_appid = if st.appid.is_empty() { appid } else { st.appid };
 
-        // The new state's changelog value (`wire.encode_state`): every kind but a duplicate.
+        // The new state's changelog value (`wire.encode_state`, a `StateRecord`
+        // in field order): every kind but a duplicate.
         let new_state = (kind != DUPLICATE).then(|| {
             let ids = &st.recent_event_ids;
             let keep = (ids.len() + 1).saturating_sub(self.recent_ids);
             let mut out = Vec::with_capacity(160 + 40 * ids.len());
-            out.extend_from_slice(b"{\"card_id\":");
-            push_str(&mut out, st.card_id);
-            out.extend_from_slice(b",\"code\":");
-            push_str(&mut out, st.code);
-            out.extend_from_slice(b",\"status\":");
-            push_str(&mut out, &self.statuses[new_status]);
-            out.extend_from_slice(b",\"version\":");
-            push_int(&mut out, new_version);
-            out.extend_from_slice(b",\"appid\":");
-            push_str(&mut out, new_appid);
-            out.extend_from_slice(b",\"recent_event_ids\":[");
-            for (n, id) in ids.iter().copied().chain(std::iter::once(event_id)).skip(keep).enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                push_str(&mut out, id);
-            }
-            out.extend_from_slice(b"],\"updated_at\":");
-            push_opt_str(&mut out, now);
-            out.extend_from_slice(b",\"schema_version\":1}");
+            let mut w = ObjectWriter::open(&mut out);
+            w.str("card_id", st.card_id);
+            w.str("code", st.code);
+            w.str("status", &self.statuses[new_status]);
+            w.int("version", new_version);
+            w.str("appid", new_appid);
+            w.strs(
+                "recent_event_ids",
+                ids.iter().copied().chain(std::iter::once(event_id)).skip(keep),
+            );
+            w.opt_str("updated_at", now);
+            w.raw("schema_version", b"1");
+            w.close();
             out
         });
 
-        // The outcome (`wire.outcome_bytes`): a duplicate reports the state as it was.
-        let (out_appid, out_version) = if kind == DUPLICATE { (st.appid, st.version) } else { (new_appid, new_version) };
+        // The outcome (`wire.outcome_bytes`, an `OutcomeEvent` in field order):
+        // a duplicate reports the state as it was.
+        let (out_appid, out_version) = if kind == DUPLICATE {
+            (st.appid, st.version)
+        } else {
+            (new_appid, new_version)
+        };
         let mut out = Vec::with_capacity(768);
-        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        let mut w = ObjectWriter::open(&mut out);
+        w.raw("specversion", b"\"1.0\"");
         // Derived from the input position: the same event decided again after
         // an aborted transaction gets the same outcome id.
-        out.push(b'"');
-        push_escaped(&mut out, topic);
-        {
-            use std::io::Write;
-            let _ = write!(out, "/{partition}/{offset}\"");
-        }
-        out.extend_from_slice(b",\"source\":");
-        push_str(&mut out, &self.outcome_source);
-        out.extend_from_slice(b",\"type\":");
-        push_str(&mut out, &self.outcome_types[kind]);
-        out.extend_from_slice(b",\"time\":");
-        push_opt_str(&mut out, now);
-        out.extend_from_slice(b",\"subject\":");
-        push_str(&mut out, &expected);
-        out.extend_from_slice(b",\"data\":{\"card_id\":");
-        push_str(&mut out, card_id);
-        out.extend_from_slice(b",\"code\":");
-        push_str(&mut out, code);
-        out.extend_from_slice(b",\"appid\":");
-        push_str(&mut out, out_appid);
-        out.extend_from_slice(b",\"event_id\":");
-        push_str(&mut out, event_id);
-        out.extend_from_slice(b",\"event_type\":");
-        push_str(&mut out, type_);
-        out.extend_from_slice(b",\"from_status\":");
-        push_str(&mut out, &self.statuses[current]);
-        out.extend_from_slice(b",\"requested_status\":");
-        push_str(&mut out, &self.statuses[requested]);
-        out.extend_from_slice(b",\"version\":");
-        push_int(&mut out, out_version);
-        out.extend_from_slice(b",\"processed_at\":");
-        push_opt_str(&mut out, now);
-        out.extend_from_slice(b",\"to_status\":");
-        push_opt_str(&mut out, (kind == ACCEPTED).then(|| self.statuses[new_status].as_str()));
-        out.extend_from_slice(b",\"reason\":");
-        push_opt_str(&mut out, reason.map(|r| self.reasons[r].as_str()));
-        out.extend_from_slice(b",\"trigger\":");
-        push_opt_str(&mut out, trigger);
-        out.extend_from_slice(b",\"source_partition\":");
-        push_int(&mut out, partition);
-        out.extend_from_slice(b",\"source_offset\":");
-        push_int(&mut out, offset);
-        out.extend_from_slice(b",\"event_time\":");
-        push_opt_str(&mut out, e.time);
+        w.str("id", &format!("{topic}/{partition}/{offset}"));
+        w.str("source", &self.outcome_source);
+        w.str("type", &self.outcome_types[kind]);
+        w.opt_str("time", now);
+        w.str("subject", &expected);
+        let mut data = w.object("data");
+        data.str("card_id", card_id);
+        data.str("code", code);
+        data.str("appid", out_appid);
+        data.str("event_id", event_id);
+        data.str("event_type", type_);
+        data.str("from_status", &self.statuses[current]);
+        data.str("requested_status", &self.statuses[requested]);
+        data.int("version", out_version);
+        data.opt_str("processed_at", now);
+        data.opt_str(
+            "to_status",
+            (kind == ACCEPTED).then(|| self.statuses[new_status].as_str()),
+        );
+        data.opt_str("reason", reason.map(|r| self.reasons[r].as_str()));
+        data.opt_str("trigger", trigger);
+        data.int("source_partition", partition);
+        data.int("source_offset", offset);
+        data.opt_str("event_time", e.time);
         if wechat {
-            out.extend_from_slice(b",\"origin\":\"wechat\",\"legal\":");
-            out.extend_from_slice(if legal_report { b"true" } else { b"false" });
+            data.str("origin", "wechat");
+            data.raw("legal", if legal_report { b"true" } else { b"false" });
         } else {
-            out.extend_from_slice(b",\"origin\":\"upstream\",\"legal\":null");
+            data.str("origin", "upstream");
+            data.raw("legal", b"null");
         }
-        out.extend_from_slice(b",\"idempotency_key\":null},\"datacontenttype\":\"application/json\"}");
+        data.raw("idempotency_key", b"null");
+        data.close();
+        w.str("datacontenttype", "application/json");
+        w.close();
 
         Some(Decided {
             kind,

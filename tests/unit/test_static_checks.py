@@ -5,13 +5,15 @@ Each check runs the tool pinned in pyproject.toml's ``dev`` extra, from the
 repository root, with the configuration there (``[tool.ruff]``,
 ``[tool.mypy]``); a failure carries the tool's own report. To fix:
 ``./dev sh ruff check --fix``, ``./dev sh ruff format``, and what ``./dev sh
-mypy`` says. The last tests make sure the checks can fail: a probe with a
+mypy`` says; in the native step (Rust, ``native/``) ``cargo fmt`` and what
+``cargo clippy`` says. The last tests make sure the checks can fail: a probe with a
 known defect must be caught, so a configuration that silently checks nothing
 (a wrong path, a dropped rule family, strictness lost) fails here too.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,22 @@ def test_ruff_format_would_change_nothing() -> None:
 def test_mypy_finds_nothing() -> None:
     # The files to check are `files` in [tool.mypy]; strict for domain.* and adapters.*.
     result = _tool("mypy")
+    assert result.returncode == 0, _report(result)
+
+
+def _cargo(*argv: str) -> subprocess.CompletedProcess[str]:
+    # The toolchain ./dev builds the native step with (it fails the same way without one).
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    return subprocess.run([cargo, *argv], check=False, cwd=REPO / "native", capture_output=True, text=True, timeout=600)
+
+
+def test_the_native_step_is_formatted_as_rustfmt_writes_it() -> None:
+    result = _cargo("fmt", "--check")  # native/rustfmt.toml: 120 columns, as the Python side
+    assert result.returncode == 0, _report(result)
+
+
+def test_clippy_finds_nothing_in_the_native_step() -> None:
+    result = _cargo("clippy", "--locked", "--quiet", "--", "-D", "warnings")
     assert result.returncode == 0, _report(result)
 
 

@@ -93,6 +93,10 @@ class Harness:
         )
         return value or 0.0
 
+    def judged_by(self, step: str) -> float:
+        value = self.metrics.registry.get_sample_value("invoice_sm_decision_steps_total", {"step": step})
+        return value or 0.0
+
     async def close(self) -> None:
         await self.processor.on_partitions_revoked(list(self.processor.workers))
 
@@ -139,6 +143,10 @@ async def test_a_batch_commits_outcomes_state_dlq_copies_and_its_offset_together
     non_duplicates = sum(1 for d, _ in expected.decisions if d.kind is not DecisionKind.DUPLICATE)
     assert len(harness.broker.committed_records(s.topic_state, 0)) == non_duplicates
     assert stats.by_kind[DecisionKind.DUPLICATE] == len(expected.decisions) - non_duplicates > 0
+    # The native step judges every plain valid event; the Python path the 8 malformed records (or all, when off).
+    python_path = 8 if harness.processor.native is not None else len(records)
+    assert stats.python_path == harness.judged_by("python") == python_path
+    assert harness.judged_by("native") == len(records) - python_path
 
     # The local store holds exactly the changelog's latest values, current to its end.
     assert worker.store is not None
