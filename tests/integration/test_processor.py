@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from adapters.native import NativeStep
 from adapters.settings import Settings
+from adapters.topics import topic_names
 from adapters.wire import DLQ_HEADERS
+from domain.status import WECHAT_STATUS_REPORTED
 from domain.status import ReimburseStatus as S
-from tests.factories import card, encode, event
+from tests.factories import card, encode, event, random_stream
 from tests.malformed import binary_mode_valid, malformed_cases, producible
 from tests.support.kafka_io import produce, produce_events, read_topic, values, wait_for_count
 from tests.support.services import running
@@ -108,3 +114,82 @@ async def test_state_survives_a_restart_through_the_changelog(make_settings: Cal
         ("invoice.status.accepted", 2),
         ("invoice.status.duplicate", 2),
     ]
+
+
+def _outcomes_by_source(records: list[Any]) -> dict[tuple[int, int], Any]:
+    """Outcomes by the input position they answer, less the wall-clock fields."""
+    out: dict[tuple[int, int], Any] = {}
+    for record in records:
+        body = json.loads(record.value)
+        body.pop("time")
+        data = body["data"]
+        data.pop("processed_at")
+        out[(data["source_partition"], data["source_offset"])] = (record.key, body)
+    return out
+
+
+def _dlq_by_source(records: list[Any]) -> dict[tuple[int, int], Any]:
+    """DLQ copies by the input position they keep: the record and why."""
+    out: dict[tuple[int, int], Any] = {}
+    for record in records:
+        h = dict(record.headers)
+        where = (int(h[DLQ_HEADERS["source_partition"]]), int(h[DLQ_HEADERS["source_offset"]]))
+        out[where] = (record.key, record.value, h[DLQ_HEADERS["reason"]])
+    return out
+
+
+async def test_the_native_step_and_the_python_path_write_the_same_records(
+    make_settings: Callable[..., Settings], tmp_path: Path, native_step: NativeStep
+) -> None:
+    """One input, two processors: the native step on (what runs by default)
+    and off. Outcomes, state records and DLQ records must be the same,
+    wall-clock fields aside, for requests, WeChat reports, repeats, events
+    the native step declines (non-ASCII ids, spaced JSON with unknown
+    attributes, binary mode) and malformed records."""
+    fast = make_settings(native_step="on")
+    slow = make_settings(
+        **{**topic_names(f"{fast.topic_events}.py"), "topic_events": fast.topic_events},
+        processor_group_id=f"{fast.processor_group_id}.py",
+        state_dir=tmp_path / "python-path",
+        native_step="off",
+    )
+    rng = random.Random(11)
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
+    for i, ev in enumerate(random_stream(1500, 120, seed=11)):
+        if rng.random() < 0.1:
+            ev = {**ev, "type": WECHAT_STATUS_REPORTED, "data": {**ev["data"], "reimburse_status": rng.choice(list(S)).value}}
+        if rng.random() < 0.05:
+            ev = {**ev, "id": f"事件-{i}", "extension_x": 1}
+        records.append((*encode(ev), []))
+    for _, key, value, headers, _ in producible(malformed_cases(fast.max_event_bytes)):
+        records.insert(rng.randrange(len(records)), (key, value, list(headers)))
+    bkey, bvalue, bheaders, _ = binary_mode_valid(900)
+    records.append((bkey, bvalue, bheaders))
+    await produce(fast, records)
+
+    written = {}
+    for name, settings in (("native", fast), ("python", slow)):
+        async with running(settings) as processor:
+            dlq = await wait_for_count(settings, settings.topic_dlq, len(producible(malformed_cases(fast.max_event_bytes))))
+            outcomes = await wait_for_count(settings, settings.topic_outcomes, len(records) - len(dlq))
+            judged = {
+                step: processor.metrics.registry.get_sample_value("invoice_sm_decision_steps_total", {"step": step}) or 0.0
+                for step in ("native", "python")
+            }
+        state = await read_topic(settings, settings.topic_state)
+        written[name] = (
+            _outcomes_by_source(outcomes),
+            # Each partition's state records in order (offsets differ: batches, and so commit markers, may).
+            [
+                (r.partition, r.key, {k: v for k, v in json.loads(r.value).items() if k != "updated_at"})
+                for r in sorted(state, key=lambda r: (r.partition, r.offset))
+            ],
+            _dlq_by_source(dlq),
+            judged,
+        )
+    assert written["native"][:3] == written["python"][:3]
+    assert len(written["native"][0]) == len(records) - len(written["native"][2]) > 1400
+    # Which step judged them: most natively with it on, none with it off.
+    native_judged, python_judged = written["native"][3], written["python"][3]
+    assert native_judged["native"] > 1000 and native_judged["python"] >= len(written["native"][2]) + 50
+    assert python_judged["native"] == 0 and python_judged["python"] == len(records)
