@@ -3,7 +3,7 @@ in one call for the common valid event, or ``None``: the Python path
 decides that record.
 
 It is built by ``./dev`` into the environment and is optional: without it
-(``INVOICE_SM_NATIVE=off``, or a build that could not compile it) the service
+(``INVOICE_SM_NATIVE_STEP=off``, or a machine without cargo) the service
 decides everything on the Python path, with the same results, about a third
 slower (``./dev bench``). Its tables come from ``domain`` here, so the
 lifecycle keeps one definition; ``tests/fuzz/test_native_step.py`` holds its

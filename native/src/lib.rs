@@ -2,8 +2,8 @@
 //! decode a structured-mode CloudEvent, decide it against the invoice's
 //! state, and encode the outcome and the new state.
 //!
-//! It is an accelerator, never a judge. It accepts only a narrow, plain form
-//! of input (ASCII, no escapes, no nulls, each field once, only the fields it
+//! It decides only what it can vouch for, and never refuses. It accepts only
+//! a narrow, plain form of input (ASCII, no escapes, no nulls, each field once, only the fields it
 //! knows) and answers `None` for anything else; the Python path
 //! (`adapters.wire.decode_record` -> `domain.decide.decide` ->
 //! `adapters.wire.outcome_bytes` / `encode_state`) then decides that record
