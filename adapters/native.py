@@ -21,6 +21,10 @@ from domain.lifecycle import LEGAL_MOVES
 from domain.model import RECENT_EVENT_IDS, DecisionKind, RejectReason
 from domain.status import EVENT_TYPE_ORIGINS, EVENT_TYPE_TARGETS, TERMINAL_STATUSES, Origin, ReimburseStatus
 
+#: The decision kinds and reject reasons in the order the native step numbers them.
+NATIVE_KIND_ORDER = (DecisionKind.ACCEPTED, DecisionKind.UNCHANGED, DecisionKind.DUPLICATE, DecisionKind.REJECTED)
+NATIVE_REASON_ORDER = (RejectReason.ILLEGAL_TRANSITION, RejectReason.TERMINAL_STATE, RejectReason.APPID_MISMATCH)
+
 
 class NativeStep(Protocol):
     """``invoice_sm_native.Step``: see ``native/src/lib.rs``."""
@@ -56,7 +60,6 @@ def load() -> NativeStep | None:
         ],
         RECENT_EVENT_IDS,
         wire.OUTCOME_SOURCE,
-        # In the order the native step numbers them.
         [(kind, wire.OUTCOME_TYPES[kind]) for kind in NATIVE_KIND_ORDER],
         [reason.value for reason in NATIVE_REASON_ORDER],
         wire.EVENT_ID_MAX_LENGTH,
@@ -77,7 +80,3 @@ def for_setting(native_step: str) -> NativeStep | None:
             "or set 'auto' or 'off'",
         )
     return step
-
-
-NATIVE_KIND_ORDER = (DecisionKind.ACCEPTED, DecisionKind.UNCHANGED, DecisionKind.DUPLICATE, DecisionKind.REJECTED)
-NATIVE_REASON_ORDER = (RejectReason.ILLEGAL_TRANSITION, RejectReason.TERMINAL_STATE, RejectReason.APPID_MISMATCH)

@@ -803,11 +803,12 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
     import gc
 
     from aiokafka.producer.message_accumulator import BatchBuilder
+    from aiokafka.structs import ConsumerRecord
 
     from adapters import native, wire
     from adapters.kafka import TxnBatch
     from adapters.store import InvoiceStates, MemoryPartitionStore, RocksPartitionStore
-    from consumers.processor import utc_now
+    from consumers.processor import decide_batch, utc_now
     from domain.decide import decide
 
     outcome_bytes = wire.outcome_bytes
@@ -894,21 +895,18 @@ def stages(records: list[tuple[bytes, bytes]], topic: str, partitions: int = PAR
                 store.close()
 
     step = native.load()
+    consumed = [
+        ConsumerRecord(topic, r.partition, r.offset, 0, 0, k, v, None, len(k), len(v), ())
+        for (k, v), r in zip(records, where, strict=True)
+    ]
 
     def native_steps(store: Any = None) -> None:
-        # What decide_batch does per record on the native path: the state's
-        # changelog value, one native call, staging the new value.
-        assert step is not None
+        # The processor's own loop (decide_batch) over batches of 5,000, each committed.
         states = InvoiceStates(store or MemoryPartitionStore(), 200_000, wire.decode_state, wire.encode_state)
-        value_of, stage, decide_native = states.value, states.stage, step.decide
-        for i, ((k, v), r) in enumerate(zip(records, where, strict=True)):
-            verdict = decide_native(k, v, (), value_of(k), now, topic, r.partition, i, 65536)
-            assert verdict is not None, "the bench's events are plain: the native step must answer them"
-            if verdict[3] is not None:
-                stage(k, verdict[3])
-            if i % 5000 == 4999:
-                states.commit(i)
-        states.commit(n)
+        for start in range(0, n, 5000):
+            verdicts = decide_batch(consumed[start : start + 5000], states, native=step, max_bytes=65536, now=now)
+            assert verdicts.python_path == 0, "the bench's events are plain: the native step must answer them all"
+            states.commit(start + 5000)
 
     def native_steps_rocksdb() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:

@@ -136,7 +136,7 @@ class Verdicts:
 
 
 def decide_batch(
-    records: Iterable[ConsumerRecord],
+    records: Sequence[ConsumerRecord],
     states: InvoiceStates,
     *,
     native: NativeStep | None,
@@ -148,23 +148,23 @@ def decide_batch(
     The processor's and ``replay``'s loop. Each record goes to the native
     step first (``adapters.native``), which answers for the common valid
     event; any record it does not answer for (anything unusual, invalid
-    ones included), and every record without it, takes the Python path:
-    ``decide_records``, the reference loop the tests' oracle runs, one
-    record at a time against the same staged states. Both paths give the
-    same bytes (tests/fuzz/test_native_step.py), so which one decided a
-    record changes nothing downstream.
+    ones included) takes the Python path (``_python_path``) at its turn,
+    against the same staged states, and without the native step the whole
+    batch does. Both paths give the same bytes
+    (tests/fuzz/test_native_step.py), so which one decided a record changes
+    nothing downstream.
     """
+    if native is None:
+        return _python_path(records, states, max_bytes=max_bytes, now=now)
     decided: list[Verdict] = []
     invalid: list[tuple[ConsumerRecord, InvalidEventError]] = []
     append = decided.append
     value_of, stage = states.value, states.stage
     unreadable = kafka_records.UnreadableRecord
-    wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
-    outcome_bytes = wire.outcome_bytes
     python_path = 0
     for record in records:
         key = record.key
-        if native is not None and type(key) is bytes and type(record) is not unreadable:
+        if type(key) is bytes and type(record) is not unreadable:
             verdict = native.decide(
                 key,
                 record.value,
@@ -182,16 +182,24 @@ def decide_batch(
                     stage(key, state)
                 append((record, kind, legal, outcome, state))
                 continue
+        declined = _python_path((record,), states, max_bytes=max_bytes, now=now)
+        decided += declined.decided
+        invalid += declined.invalid
         python_path += 1
-        one = decide_records((record,), states, max_bytes=max_bytes, now=now)
-        if one.invalid:
-            invalid.extend(one.invalid)
-            continue
-        decision, state = one.decisions[0]
+    return Verdicts(decided, invalid, python_path)
+
+
+def _python_path(records: Sequence[ConsumerRecord], states: InvoiceStates, *, max_bytes: int, now: str | None) -> Verdicts:
+    """``decide_records`` over ``records``, each decision with its outcome value: the verdicts the native step gives."""
+    decided = decide_records(records, states, max_bytes=max_bytes, now=now)
+    wechat, duplicate = Origin.WECHAT, DecisionKind.DUPLICATE
+    outcome_bytes = wire.outcome_bytes
+    verdicts: list[Verdict] = []
+    for record, (decision, state) in zip(decided.records, decided.decisions, strict=True):
         event = decision.event
         legal = decision.legal if event.origin is wechat and decision.kind is not duplicate else None
-        append((record, decision.kind, legal, outcome_bytes(decision, record, now, event.key), state))  # type: ignore[arg-type]  # now is set in service
-    return Verdicts(decided, invalid, python_path)
+        verdicts.append((record, decision.kind, legal, outcome_bytes(decision, record, now, event.key), state))  # type: ignore[arg-type]  # now is set in service
+    return Verdicts(verdicts, decided.invalid, len(records))
 
 
 @dataclass(frozen=True)

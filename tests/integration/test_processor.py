@@ -161,7 +161,8 @@ async def test_the_native_step_and_the_python_path_write_the_same_records(
         if rng.random() < 0.05:
             ev = {**ev, "id": f"事件-{i}", "extension_x": 1}
         records.append((*encode(ev), []))
-    for _, key, value, headers, _ in producible(malformed_cases(fast.max_event_bytes)):
+    malformed = producible(malformed_cases(fast.max_event_bytes))
+    for _, key, value, headers, _ in malformed:
         records.insert(rng.randrange(len(records)), (key, value, list(headers)))
     bkey, bvalue, bheaders, _ = binary_mode_valid(900)
     records.append((bkey, bvalue, bheaders))
@@ -170,7 +171,7 @@ async def test_the_native_step_and_the_python_path_write_the_same_records(
     written = {}
     for name, settings in (("native", fast), ("python", slow)):
         async with running(settings) as processor:
-            dlq = await wait_for_count(settings, settings.topic_dlq, len(producible(malformed_cases(fast.max_event_bytes))))
+            dlq = await wait_for_count(settings, settings.topic_dlq, len(malformed))
             outcomes = await wait_for_count(settings, settings.topic_outcomes, len(records) - len(dlq))
             judged = {
                 step: processor.metrics.registry.get_sample_value("invoice_sm_decision_steps_total", {"step": step}) or 0.0
