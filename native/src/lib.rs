@@ -19,8 +19,6 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-const STATUSES: usize = 4;
-
 /// Decision kinds, in the order `adapters.native` hands them in.
 const ACCEPTED: usize = 0;
 const UNCHANGED: usize = 1;
@@ -43,7 +41,8 @@ struct EventType {
 #[pyclass(frozen, module = "invoice_sm_native")]
 struct Step {
     statuses: Vec<String>,
-    terminal: [bool; STATUSES],
+    /// `terminal[status]`: no upstream request moves an invoice out of it.
+    terminal: Vec<bool>,
     /// `moves[from][to]`: the trigger of a legal move.
     moves: Vec<Vec<Option<String>>>,
     event_types: Vec<EventType>,
@@ -505,8 +504,10 @@ impl Step {
         max_event_id: usize,
     ) -> PyResult<Self> {
         use pyo3::exceptions::PyValueError;
-        if statuses.len() != STATUSES || kinds.len() != 4 || reasons.len() != 3 {
-            return Err(PyValueError::new_err("expected 4 statuses, 4 kinds, 3 reasons"));
+        // The statuses are data (index 0 is the state of an invoice never seen);
+        // the kinds and reasons are the ones `Step::step` writes.
+        if statuses.is_empty() || kinds.len() != 4 || reasons.len() != 3 {
+            return Err(PyValueError::new_err("expected some statuses, 4 kinds, 3 reasons"));
         }
         let index = |s: &str| {
             statuses
@@ -514,11 +515,11 @@ impl Step {
                 .position(|x| x == s)
                 .ok_or_else(|| PyValueError::new_err(format!("unknown status {s}")))
         };
-        let mut term = [false; STATUSES];
+        let mut term = vec![false; statuses.len()];
         for s in &terminal {
             term[index(s)?] = true;
         }
-        let mut table = vec![vec![None; STATUSES]; STATUSES];
+        let mut table = vec![vec![None; statuses.len()]; statuses.len()];
         for (from, to, trigger) in moves {
             table[index(&from)?][index(&to)?] = Some(trigger);
         }

@@ -52,3 +52,27 @@ def test_a_table_that_names_an_unknown_status_is_refused_at_construction() -> No
             [r.value for r in native.NATIVE_REASON_ORDER],
             256,
         )
+
+
+def test_a_status_the_domain_adds_needs_no_change_in_the_native_step() -> None:
+    from invoice_sm_native import Step  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    statuses = ["INIT", "LOCK", "CLOSURE", "CANCEL", "HOLD"]
+    step = Step(
+        statuses,
+        ["CLOSURE", "CANCEL"],
+        [("LOCK", "HOLD", "hold"), ("HOLD", "LOCK", "release")],
+        [("invoice.held", "HOLD", False)],
+        32,
+        "/x",
+        [(k, f"invoice.status.{k.value}") for k in native.NATIVE_KIND_ORDER],
+        [r.value for r in native.NATIVE_REASON_ORDER],
+        256,
+    )
+    event = b'{"specversion":"1.0","id":"e1","source":"/s","type":"invoice.held","data":{"card_id":"c","code":"1"}}'
+    locked = b'{"card_id":"c","code":"1","status":"LOCK","version":3,"appid":"","recent_event_ids":[],"updated_at":null}'
+    verdict = step.decide(b"c/1", event, (), locked, "2026-12-07T20:00:00.000Z", "t", 0, 0, 65536)
+    assert verdict is not None
+    kind, _, outcome, state = verdict
+    assert kind is DecisionKind.ACCEPTED
+    assert b'"status":"HOLD","version":4' in state and b'"trigger":"hold"' in outcome
