@@ -289,3 +289,19 @@ def test_whole_streams_decided_batch_by_batch_give_the_same_records_and_states(n
     kinds = {kind for _, kind, _, _, _ in runs["native"][0]}
     assert len(kinds) == 4, kinds  # every decision kind was exercised
     assert any(len(wire.decode_state(v).recent_event_ids) == 32 for v in runs["native"][1].values())
+
+
+def test_the_cloudevents_sdks_events_are_declined_or_decided_alike(native_step: NativeStep) -> None:
+    """The official SDKs (v1 and core, structured and binary, with and without
+    a key, data as JSON or as data_base64): the plain structured ones are
+    answered natively, and every answer is the Python path's."""
+    from tests.integration.test_cloudevents_sdk import CASES, _message
+
+    answered = set()
+    for n, case in enumerate(CASES):
+        _, message = _message(case, n)
+        key = message.key.encode() if isinstance(message.key, str) else message.key
+        record = consumer_record(key, message.value, list(message.headers.items()))
+        if agree(native_step, record):
+            answered.add(case.name)
+    assert answered == {c.name for c in CASES if c.mode == "structured" and c.partitionkey and not c.data_as_bytes}

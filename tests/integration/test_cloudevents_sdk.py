@@ -119,7 +119,8 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
         )
         await topics.ensure_topics(settings)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(Processor(settings).run(stop)), asyncio.create_task(Deliverer(settings).run(stop))]
+        processor = Processor(settings)
+        tasks = [asyncio.create_task(processor.run(stop)), asyncio.create_task(Deliverer(settings).run(stop))]
         try:
             ids, messages = zip(*(_message(case, n) for n, case in enumerate(CASES)), strict=True)
             await asyncio.to_thread(_publish, settings, list(messages))
@@ -139,6 +140,10 @@ async def published(make_settings: Callable[..., Settings]) -> dict[str, Any]:
         "outcomes": outcomes,
         "dlq": dlq,
         "deliveries": deliveries,
+        "judged_by": {
+            step: processor.metrics.registry.get_sample_value("invoice_sm_decision_steps_total", {"step": step})
+            for step in ("native", "python")
+        },
     }
 
 
@@ -225,3 +230,12 @@ async def test_deliveries_read_back_with_both_sdk_bindings(published: dict[str, 
         v1 = v1_kafka.from_structured(_sdk_message(record, v1_kafka.KafkaMessage))
         assert (v1["specversion"], v1["type"], v1["id"], v1["subject"]) == ("1.0", raw["type"], raw["id"], key)
         assert v1.get_data() == raw["data"]
+
+
+async def test_the_sdks_plain_structured_events_take_the_native_step(published: dict[str, Any]) -> None:
+    """What the SDKs write in structured mode with a key and JSON data is the
+    common valid event: the native step decides it; data_base64, binary mode
+    and keyless records go the Python path (decided or refused, as above)."""
+    native = [c for c in CASES if c.mode == "structured" and c.partitionkey and not c.data_as_bytes]
+    assert {c.sdk for c in native} == {"v1", "core"}
+    assert published["judged_by"] == {"native": len(native), "python": len(CASES) - len(native)}
